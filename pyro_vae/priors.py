@@ -1,0 +1,211 @@
+"""Priors p(z): small modules that return a Pyro distribution over ``z``.
+
+Every prior is called as ``prior(context=None)`` and returns a distribution
+with ``batch_shape == ()`` (or the context's batch shape) and
+``event_shape == (latent_dim,)``; the model's data plate broadcasts it over the
+minibatch. A prior with learnable parts is an ``nn.Module`` whose parameters
+are fitted by SVI with the rest of the VAE.
+
+Adding a prior takes a few lines::
+
+    class Logistic(Prior):
+        def forward(self, context=None):
+            base = dist.Uniform(torch.zeros(self.latent_dim), 1.0)
+            return dist.TransformedDistribution(base, [SigmoidTransform().inv]).to_event(1)
+
+    vae = VAE(data_shape, prior=Logistic(latent_dim=8))
+
+or ``register_prior("logistic", Logistic)`` to make it a config name.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ._registry import Registry
+
+__all__ = [
+    "Prior",
+    "StandardNormal",
+    "Laplace",
+    "StudentT",
+    "MixtureOfGaussians",
+    "VampPrior",
+    "PRIORS",
+    "make_prior",
+    "register_prior",
+]
+
+
+class Prior(nn.Module):
+    """Base class: ``forward(context=None) -> Distribution`` over ``[latent_dim]``.
+
+    ``setup(vae)`` is called once by the VAE that owns the prior, for priors
+    that need the VAE's parts (the VampPrior needs its encoder).
+    """
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        if int(latent_dim) < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        self.latent_dim = int(latent_dim)
+        # A zero buffer moves with .to(device) so that fixed priors follow the model.
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    def setup(self, vae) -> None:  # noqa: D401 - hook
+        """Hook called by the owning VAE after it has built its networks."""
+
+    def _loc(self) -> torch.Tensor:
+        return self._zero.expand(self.latent_dim)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}"
+
+
+class StandardNormal(Prior):
+    """``p(z) = N(0, I)`` (Kingma & Welling 2014)."""
+
+    def forward(self, context=None):
+        loc = self._loc()
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+
+class Laplace(Prior):
+    """``p(z) = prod_i Laplace(z_i; 0, b)``, heavier tails than the normal."""
+
+    def __init__(self, latent_dim: int, scale: float = 1.0):
+        super().__init__(latent_dim)
+        if scale <= 0:
+            raise ValueError(f"laplace prior: scale must be > 0, got {scale}")
+        self.scale = float(scale)
+
+    def forward(self, context=None):
+        loc = self._loc()
+        return dist.Laplace(loc, torch.full_like(loc, self.scale)).to_event(1)
+
+
+class StudentT(Prior):
+    """``p(z) = prod_i t_nu(z_i; 0, s)``; small ``df`` gives heavy tails."""
+
+    def __init__(self, latent_dim: int, df: float = 3.0, scale: float = 1.0):
+        super().__init__(latent_dim)
+        if df <= 0 or scale <= 0:
+            raise ValueError(f"student-t prior: df and scale must be > 0, got df={df}, scale={scale}")
+        self.df = float(df)
+        self.scale = float(scale)
+
+    def forward(self, context=None):
+        loc = self._loc()
+        return dist.StudentT(torch.full_like(loc, self.df), loc, torch.full_like(loc, self.scale)).to_event(1)
+
+
+class MixtureOfGaussians(Prior):
+    """Learnable mixture ``p(z) = sum_k pi_k N(z; mu_k, diag(sigma_k^2))``.
+
+    Means start spread on a scale-``init_spread`` normal draw so components
+    do not coincide; weights and scales are learned unless ``learn_weights``
+    is False.
+    """
+
+    def __init__(self, latent_dim: int, n_components: int = 10, init_spread: float = 1.0,
+                 learn_weights: bool = True):
+        super().__init__(latent_dim)
+        if int(n_components) < 1:
+            raise ValueError(f"mog prior: n_components must be >= 1, got {n_components}")
+        self.n_components = int(n_components)
+        self.locs = nn.Parameter(init_spread * torch.randn(self.n_components, latent_dim))
+        self.log_scales = nn.Parameter(torch.zeros(self.n_components, latent_dim))
+        logits = torch.zeros(self.n_components)
+        if learn_weights:
+            self.logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("logits", logits)
+
+    def forward(self, context=None):
+        components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, n_components={self.n_components}"
+
+
+class VampPrior(Prior):
+    """Variational mixture of posteriors (Tomczak & Welling 2018)::
+
+        p(z) = 1/K sum_k q(z | u_k)
+
+    where ``q`` is the VAE's own encoder and ``u_k`` are K learnable
+    pseudo-inputs of the data's shape. The encoder is shared with the guide, not
+    copied: it is held outside this module's parameters so it is registered
+    (and stepped by the optimiser) once.
+
+    Pseudo-inputs start as ``init_mean + init_std * noise``; ``init_from(x)``
+    resets them to K data points, which usually trains faster.
+    """
+
+    def __init__(self, latent_dim: int, data_shape, n_components: int = 500,
+                 init_mean: float = 0.5, init_std: float = 0.05):
+        super().__init__(latent_dim)
+        if int(n_components) < 1:
+            raise ValueError(f"vamp prior: n_components must be >= 1, got {n_components}")
+        self.n_components = int(n_components)
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.pseudo_inputs = nn.Parameter(init_mean + init_std * torch.randn(self.n_components, *self.data_shape))
+        self._encoder = ()  # tuple, so nn.Module does not register it as a child
+
+    def setup(self, vae) -> None:
+        self._encoder = (vae.encoder,)
+
+    @property
+    def encoder(self):
+        if not self._encoder:
+            raise RuntimeError("VampPrior is not attached to a VAE: pass it as VAE(..., prior=VampPrior(...))")
+        return self._encoder[0]
+
+    @torch.no_grad()
+    def init_from(self, x: torch.Tensor) -> None:
+        """Set the pseudo-inputs to ``n_components`` rows of ``x: [N, *data_shape]`` (cycled if N < K)."""
+        idx = torch.arange(self.n_components, device=x.device) % x.shape[0]
+        self.pseudo_inputs.copy_(x[idx].to(self.pseudo_inputs))
+
+    def forward(self, context=None):
+        loc, scale = self.encoder(self.pseudo_inputs)
+        k = self.n_components
+        mixing = dist.Categorical(logits=loc.new_zeros(k))
+        return dist.MixtureSameFamily(mixing, dist.Normal(loc, scale).to_event(1))
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, n_components={self.n_components}, data_shape={self.data_shape}"
+
+
+def _student_t(latent_dim, data_shape=None, **options):
+    return StudentT(latent_dim, **options)
+
+
+PRIORS = Registry("prior")
+PRIORS.register("normal", lambda latent_dim, data_shape=None: StandardNormal(latent_dim),
+                doc="standard normal N(0, I)", target=StandardNormal)
+PRIORS.register("laplace", lambda latent_dim, data_shape=None, **o: Laplace(latent_dim, **o),
+                doc="factorised Laplace(0, scale)", target=Laplace)
+PRIORS.register("student-t", _student_t, doc="factorised Student-t(df, 0, scale)", target=StudentT)
+PRIORS.register("mog", lambda latent_dim, data_shape=None, **o: MixtureOfGaussians(latent_dim, **o),
+                doc="learnable mixture of K diagonal Gaussians", target=MixtureOfGaussians)
+PRIORS.register("vamp", lambda latent_dim, data_shape, **o: VampPrior(latent_dim, data_shape, **o),
+                doc="VampPrior: mixture of q(z|u_k) at K pseudo-inputs", target=VampPrior)
+
+
+def register_prior(name: str, cls, doc: str = "") -> None:
+    """Make ``cls(latent_dim, **options)`` available under a config name."""
+    PRIORS.register(name, lambda latent_dim, data_shape=None, **o: cls(latent_dim, **o), doc=doc, target=cls)
+
+
+def make_prior(spec, latent_dim: int, data_shape=None) -> Prior:
+    """A prior from a name (``"mog"``), a dict (``{"name": "mog", "n_components": 5}``) or an object."""
+    if isinstance(spec, nn.Module):
+        if getattr(spec, "latent_dim", latent_dim) != latent_dim:
+            raise ValueError(f"prior has latent_dim={spec.latent_dim} but the VAE has latent_dim={latent_dim}")
+        return spec
+    return PRIORS.build(spec, latent_dim=latent_dim, data_shape=data_shape)
+

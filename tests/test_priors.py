@@ -1,0 +1,123 @@
+"""Every prior against a torch/scipy reference: shapes, support, gradients, log_prob."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats as st
+import torch
+from torch.distributions import Independent, Normal
+
+from pyro_vae import PRIORS, VAE
+from pyro_vae.priors import Prior, StandardNormal, make_prior, register_prior
+
+D = 3
+DATA_SHAPE = (1, 4, 4)
+
+
+def build(name):
+    """The prior as a VAE builds it (so the VampPrior has an encoder)."""
+    return VAE(DATA_SHAPE, latent_dim=D, prior={"name": name, **({"n_components": 4} if name in ("mog", "vamp") else {})},
+               likelihood="normal", net={"name": "mlp", "hidden": [8]}).prior
+
+
+def reference_log_prob(prior, name, z):
+    """log p(z) from scipy / an explicit formula, independent of Pyro."""
+    zn = z.detach().double().numpy()
+    if name == "normal":
+        return st.norm.logpdf(zn).sum(-1)
+    if name == "laplace":
+        return st.laplace.logpdf(zn, scale=prior.scale).sum(-1)
+    if name == "student-t":
+        return st.t.logpdf(zn, df=prior.df, scale=prior.scale).sum(-1)
+    if name == "mog":
+        w = torch.log_softmax(prior.logits.detach().double(), 0).numpy()
+        locs, scales = prior.locs.detach().double().numpy(), prior.log_scales.detach().double().exp().numpy()
+        comp = [w[k] + st.norm.logpdf(zn, locs[k], scales[k]).sum(-1) for k in range(len(w))]
+        return np.logaddexp.reduce(np.stack(comp), axis=0)
+    if name == "vamp":
+        loc, scale = prior.encoder(prior.pseudo_inputs)
+        comp = [st.norm.logpdf(zn, loc[k].detach().double().numpy(), scale[k].detach().double().numpy()).sum(-1)
+                for k in range(loc.shape[0])]
+        return np.logaddexp.reduce(np.stack(comp), axis=0) - math.log(loc.shape[0])
+    raise AssertionError(f"no reference for prior {name!r}: add one")
+
+
+@pytest.mark.parametrize("name", PRIORS.names(), ids=PRIORS.names())
+def test_prior_shapes_log_prob_and_gradients(name):
+    prior = build(name)
+    d = prior()
+    assert d.event_shape == (D,)
+    z = d.expand([5, 2]).sample()
+    assert z.shape == (5, 2, D) and torch.isfinite(z).all()
+    lp = d.log_prob(z)
+    assert lp.shape == (5, 2)
+    np.testing.assert_allclose(lp.detach().double().numpy(), reference_log_prob(prior, name, z), rtol=1e-5, atol=1e-5)
+    # Gradients reach z and every learnable part of the prior, and are finite.
+    zq = torch.randn(7, D, requires_grad=True)
+    prior().log_prob(zq).sum().backward()
+    assert torch.isfinite(zq.grad).all() and zq.grad.abs().sum() > 0
+    for pname, p in prior.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", ["normal", "laplace", "student-t"])
+def test_factorised_priors_are_reparameterised(name):
+    d = build(name)()
+    assert d.has_rsample
+    assert d.rsample([4]).shape == (4, D)
+
+
+def test_vamp_log_prob_is_log_mean_exp_of_encoder_posteriors():
+    vae = VAE(DATA_SHAPE, latent_dim=D, prior={"name": "vamp", "n_components": 6}, likelihood="bernoulli")
+    prior = vae.prior
+    z = torch.randn(11, D)
+    loc, scale = vae.encoder(prior.pseudo_inputs)
+    per_component = Independent(Normal(loc, scale), 1).log_prob(z.unsqueeze(1))  # [11, 6]
+    expected = torch.logsumexp(per_component, 1) - math.log(6)
+    torch.testing.assert_close(prior().log_prob(z), expected)
+    # The encoder is shared, not copied: its parameters are not the prior's.
+    prior_params = {id(p) for p in prior.parameters()}
+    assert not any(id(p) in prior_params for p in vae.encoder.parameters())
+    assert sum(1 for _ in vae.parameters()) == len({id(p) for p in vae.parameters()})
+
+
+def test_vamp_init_from_data():
+    vae = VAE(DATA_SHAPE, latent_dim=D, prior={"name": "vamp", "n_components": 5}, likelihood="bernoulli")
+    x = torch.rand(3, *DATA_SHAPE)
+    vae.prior.init_from(x)
+    torch.testing.assert_close(vae.prior.pseudo_inputs[:3], x)
+    torch.testing.assert_close(vae.prior.pseudo_inputs[3:], x[:2])
+
+
+def test_unknown_prior_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown prior 'vampp'.*'normal'.*'vamp'.*Did you mean 'vamp'"):
+        make_prior("vampp", latent_dim=2)
+
+
+def test_unknown_prior_option_names_the_option():
+    with pytest.raises(ValueError, match=r"unknown option 'n_component' for prior 'mog'.*Did you mean 'n_components'"):
+        make_prior({"name": "mog", "n_component": 3}, latent_dim=2)
+
+
+def test_bad_prior_values():
+    with pytest.raises(ValueError, match="df and scale must be > 0"):
+        make_prior({"name": "student-t", "df": -1}, latent_dim=2)
+    with pytest.raises(ValueError, match="latent_dim=3 but the VAE has latent_dim=2"):
+        make_prior(StandardNormal(3), latent_dim=2)
+
+
+def test_user_prior_in_a_few_lines():
+    class Uniform(Prior):
+        def forward(self, context=None):
+            lo = self._loc()
+            import pyro.distributions as dist
+            return dist.Uniform(lo - 2, lo + 2).to_event(1)
+
+    register_prior("uniform-test", Uniform, doc="test")
+    try:
+        vae = VAE((6,), latent_dim=2, prior="uniform-test", likelihood="normal")
+        assert isinstance(vae.prior, Uniform)
+        np.testing.assert_allclose(vae.prior().log_prob(torch.zeros(2)).item(), 2 * math.log(1 / 4), rtol=1e-6)
+    finally:
+        PRIORS.unregister("uniform-test")
