@@ -58,6 +58,18 @@ class FitResult(NamedTuple):
         return self.history[-1]["train_elbo"]
 
 
+def as_tensors(data) -> tuple:
+    """``x`` or ``(x, y, ...)`` as a tuple of tensors sharing their first dimension."""
+    tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError("data must be a torch.Tensor [N, ...] (or a tuple of tensors sharing the first dimension N); "
+                        "convert with torch.as_tensor(x, dtype=torch.float32)")
+    sizes = {t.shape[0] for t in tensors}
+    if len(sizes) != 1:
+        raise ValueError(f"data tensors must share their first dimension, got sizes {[t.shape[0] for t in tensors]}")
+    return tensors
+
+
 def sync_param_store(vae) -> None:
     """Make the VAE's own tensors the ones Pyro's param store optimises.
 
@@ -73,13 +85,17 @@ def sync_param_store(vae) -> None:
             del store[key]
 
 
-def fit(vae, data: torch.Tensor, *, epochs: int = 20, batch_size: int | None = 128, lr: float = 1e-3,
+def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float = 1e-3,
         optimizer="adam", loss=None, num_particles: int = 1, seed: int | None = 0, device=None,
         val_data: torch.Tensor | None = None, val_every: int = 1,
         train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         on_epoch_end: Callable[[dict, pyro.optim.PyroOptim], None] | None = None,
         progress: bool = True) -> FitResult:
     """Fit ``vae`` to ``data: [N, *data_shape]`` by SVI.
+
+    ``data`` may also be a tuple of tensors with a common first dimension
+    (e.g. ``(x, y)`` for models with labels): each step calls
+    ``model(*minibatch, idx=idx, num_data=N)``, and likewise the guide.
 
     Args:
         epochs, batch_size: passes over the data and minibatch size (``None``: full batch).
@@ -98,14 +114,15 @@ def fit(vae, data: torch.Tensor, *, epochs: int = 20, batch_size: int | None = 1
         pyro.set_rng_seed(seed)
     if epochs < 0 or (batch_size is not None and batch_size < 1):
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
-    vae.check_data(data)
+    tensors = as_tensors(data)
+    vae.check_data(tensors[0])
     if val_data is not None:
-        vae.check_data(val_data)
+        vae.check_data(as_tensors(val_data)[0])
     if device is not None:
         vae.to(device)
     device = vae._device()
-    x_all = data.to(device)
-    n = x_all.shape[0]
+    tensors = tuple(t.to(device) for t in tensors)
+    n = tensors[0].shape[0]
     batch = n if batch_size is None else min(int(batch_size), n)
 
     sync_param_store(vae)
@@ -119,12 +136,12 @@ def fit(vae, data: torch.Tensor, *, epochs: int = 20, batch_size: int | None = 1
     for epoch in bar:
         start = time.perf_counter()
         vae.train()
-        x_epoch = train_transform(x_all) if train_transform is not None else x_all
+        epoch_data = tensors if train_transform is None else (train_transform(tensors[0]), *tensors[1:])
         perm = torch.randperm(n, device=device)
         epoch_losses = []
         for lo in range(0, n, batch):
             idx = perm[lo:lo + batch]
-            epoch_losses.append(svi.step(x_epoch[idx], idx, n) / n)
+            epoch_losses.append(svi.step(*(t[idx] for t in epoch_data), idx=idx, num_data=n) / n)
         step_losses.extend(epoch_losses)
         record = {"epoch": epoch, "train_elbo": -sum(epoch_losses) / len(epoch_losses)}
         if val_data is not None and (epoch % val_every == 0 or epoch == epochs):
