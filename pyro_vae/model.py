@@ -51,6 +51,7 @@ class VAE(nn.Module):
     """
 
     latent_sites = ("z",)
+    max_plate_nesting = 1  # the data plate; objectives use it instead of guessing
 
     def __init__(self, data_shape, latent_dim: int = 10, prior="normal", likelihood="bernoulli", net="mlp",
                  encoder=None, decoder=None, name: str = "vae"):

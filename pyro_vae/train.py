@@ -4,58 +4,150 @@ A thin loop over Pyro's ``SVI.step``: the data sit in memory as one tensor,
 each epoch draws a permutation and slices minibatches from it, so there is no
 per-item Python overhead. Minibatch indices go to the model's data plate,
 which scales the ELBO to the full data set.
+
+Everything the loop depends on (weights, optimiser and scheduler state, RNG
+states, epoch, step, history, early-stopping bookkeeping) is in the snapshot
+handed to ``on_epoch_end``; passing a snapshot back as ``resume=`` continues
+the run exactly where it stopped, bit for bit on CPU.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+import random
 import time
+from dataclasses import asdict, dataclass
 from typing import Callable, NamedTuple
 
+import numpy as np
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI
+from pyro.optim.clipped_adam import ClippedAdam
 from pyro.params.param_store import param_with_module_name
 from tqdm.auto import tqdm
 
 from ._registry import Registry
 from .evaluate import elbo as evaluate_elbo
+from .objectives import KLSchedule, LatentScale, make_objective
 
-__all__ = ["FitResult", "fit", "make_optimizer", "OPTIMIZERS", "sync_param_store"]
+__all__ = ["FitResult", "EarlyStopping", "fit", "make_optimizer", "OPTIMIZERS", "LR_SCHEDULES",
+           "sync_param_store", "as_tensors", "rng_state", "set_rng_state"]
 
 
+# ----------------------------------------------------------------------------- optimisers
 OPTIMIZERS = Registry("optimizer")
-OPTIMIZERS.register("adam", lambda lr, **o: pyro.optim.Adam({"lr": lr, **o}), doc="Adam (Kingma & Ba 2015)")
-OPTIMIZERS.register("clipped-adam", lambda lr, **o: pyro.optim.ClippedAdam({"lr": lr, **o}),
-                    doc="Pyro's ClippedAdam: per-parameter gradient clipping (clip_norm) and lr decay (lrd)")
-OPTIMIZERS.register("adamw", lambda lr, **o: pyro.optim.AdamW({"lr": lr, **o}), doc="Adam with decoupled weight decay")
+OPTIMIZERS.register("adam", torch.optim.Adam, doc="Adam (Kingma & Ba 2015)")
+OPTIMIZERS.register("clipped-adam", ClippedAdam, doc="Pyro's ClippedAdam (per-element clip_norm, lr decay lrd)")
+OPTIMIZERS.register("adamw", torch.optim.AdamW, doc="Adam with decoupled weight decay")
+
+LR_SCHEDULES = Registry("lr schedule")
+LR_SCHEDULES.register("exponential", torch.optim.lr_scheduler.ExponentialLR, doc="lr *= gamma every epoch",
+                      target=torch.optim.lr_scheduler.ExponentialLR)
+LR_SCHEDULES.register("step", torch.optim.lr_scheduler.StepLR, doc="lr *= gamma every step_size epochs",
+                      target=torch.optim.lr_scheduler.StepLR)
+LR_SCHEDULES.register("cosine", torch.optim.lr_scheduler.CosineAnnealingLR, doc="cosine decay over T_max epochs",
+                      target=torch.optim.lr_scheduler.CosineAnnealingLR)
+LR_SCHEDULES.register("plateau", torch.optim.lr_scheduler.ReduceLROnPlateau,
+                      doc="lr *= factor when the validation ELBO stalls for patience epochs",
+                      target=torch.optim.lr_scheduler.ReduceLROnPlateau)
+_SCHEDULE_SKIP = {"optimizer", "last_epoch", "verbose"}
 
 
-def make_optimizer(name: str = "adam", lr: float = 1e-3, **options) -> pyro.optim.PyroOptim:
-    """A ``pyro.optim`` optimiser by config name (``adam``, ``clipped-adam``, ``adamw``)."""
+def make_optimizer(name: str = "adam", lr: float = 1e-3, clip_norm: float | None = None, schedule=None,
+                   **options) -> pyro.optim.PyroOptim:
+    """A ``pyro.optim`` optimiser by name (``adam``, ``clipped-adam``, ``adamw``).
+
+    ``clip_norm`` clips the gradient norm of each parameter tensor (Pyro's
+    ``clip_args``). ``schedule`` (a name or ``{"name": "exponential", "gamma": 0.99}``)
+    wraps it in a ``pyro.optim`` learning-rate scheduler stepped once per epoch.
+    """
     if not lr > 0:
         raise ValueError(f"learning rate must be > 0, got {lr!r}")
-    return OPTIMIZERS[name].factory(lr, **options)
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be > 0, got {clip_norm!r}")
+    optim_cls = OPTIMIZERS[name].factory
+    args = {"lr": lr, **options}
+    clip = {"clip_norm": clip_norm} if clip_norm is not None else None
+    if schedule is None:
+        return pyro.optim.PyroOptim(optim_cls, args, clip)
+    sname, sopts = LR_SCHEDULES.split_spec(schedule)
+    entry = LR_SCHEDULES[sname]
+    bad = set(sopts) - (set(entry.options()) - _SCHEDULE_SKIP)
+    if bad:
+        LR_SCHEDULES.check_options(sname, {bad.pop(): None})
+    return pyro.optim.PyroLRScheduler(entry.factory, {"optimizer": optim_cls, "optim_args": args, **sopts}, clip)
 
 
+# ----------------------------------------------------------------------------- results and state
 class FitResult(NamedTuple):
     """What :func:`fit` returns.
 
     Attributes:
-        vae: the fitted model (the same object that was passed in).
-        history: one record per epoch: ``epoch``, ``train_elbo`` (mean minibatch
-            ELBO per data point over the epoch), ``val_elbo`` (when validation
-            data was given, on validation epochs) and ``seconds``.
-        step_losses: the loss of every step, ``-ELBO / num_data`` (nats per point).
+        vae: the fitted model (the same object that was passed in; the best
+            weights when early stopping restored them).
+        history: one record per epoch: ``epoch``, ``train_elbo`` (mean
+            minibatch ELBO per data point), ``kl_weight``, ``lr``, ``val_elbo``
+            (on validation epochs) and ``seconds``.
+        step_losses: every step's loss, ``-ELBO / num_data`` in nats per point.
+        best_epoch: the epoch with the best validation ELBO (``None`` without validation).
+        stopped_early: whether early stopping ended the run.
     """
 
     vae: torch.nn.Module
     history: list
     step_losses: list
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
     @property
     def final_elbo(self) -> float:
         return self.history[-1]["train_elbo"]
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the validation ELBO has not improved by ``min_delta`` for ``patience`` validations.
+
+    With ``restore_best`` the weights of the best validation epoch are put back at the end.
+    """
+
+    patience: int = 10
+    min_delta: float = 0.0
+    restore_best: bool = True
+    best: float = -math.inf
+    best_epoch: int = 0
+    bad_checks: int = 0
+
+    def __post_init__(self):
+        if int(self.patience) < 1:
+            raise ValueError(f"early-stopping patience must be >= 1 validation, got {self.patience}")
+
+    def update(self, epoch: int, value: float) -> tuple[bool, bool]:
+        """Record a validation ELBO; returns ``(improved, stop)``."""
+        if value > self.best + self.min_delta:
+            self.best, self.best_epoch, self.bad_checks = value, epoch, 0
+            return True, False
+        self.bad_checks += 1
+        return False, self.bad_checks >= self.patience
+
+
+def rng_state() -> dict:
+    """The states of every random generator training touches."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def as_tensors(data) -> tuple:
@@ -85,11 +177,20 @@ def sync_param_store(vae) -> None:
             del store[key]
 
 
-def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float = 1e-3,
-        optimizer="adam", loss=None, num_particles: int = 1, seed: int | None = 0, device=None,
-        val_data: torch.Tensor | None = None, val_every: int = 1,
+def _current_lr(optim) -> float | None:
+    for opt in getattr(optim, "optim_objs", {}).values():
+        opt = getattr(opt, "optimizer", opt)  # a scheduler wraps its optimiser
+        return float(opt.param_groups[0]["lr"])
+    return None
+
+
+# ----------------------------------------------------------------------------- the loop
+def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float = 1e-3, optimizer="adam",
+        objective="elbo", num_particles: int = 1, kl_weight: float | KLSchedule = 1.0, lr_schedule=None,
+        clip_norm: float | None = None, seed: int | None = 0, device=None, val_data=None, val_every: int = 1,
+        early_stopping: EarlyStopping | int | None = None, resume: dict | None = None,
         train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        on_epoch_end: Callable[[dict, pyro.optim.PyroOptim], None] | None = None,
+        on_epoch_end: Callable[[dict, Callable[[], dict]], None] | None = None,
         progress: bool = True) -> FitResult:
     """Fit ``vae`` to ``data: [N, *data_shape]`` by SVI.
 
@@ -98,22 +199,36 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
     ``model(*minibatch, idx=idx, num_data=N)``, and likewise the guide.
 
     Args:
-        epochs, batch_size: passes over the data and minibatch size (``None``: full batch).
-        lr, optimizer: learning rate and a ``pyro.optim`` optimiser, by name or object.
-        loss: any Pyro ELBO; default ``Trace_ELBO(num_particles, vectorize_particles=True)``.
-        seed: seeds torch, numpy and ``random`` through ``pyro.set_rng_seed`` (``None``: leave as is).
+        epochs, batch_size: total passes over the data and minibatch size (``None``: full batch).
+        lr, optimizer: learning rate and a ``pyro.optim`` optimiser by name
+            (``adam``, ``clipped-adam``, ``adamw``) or object.
+        objective, num_particles: a name from ``objectives.OBJECTIVES``
+            (``elbo``, ``meanfield``, ``iwae``, ...), a dict with options, or any Pyro ELBO.
+        kl_weight: beta, a number or a :class:`~pyro_vae.objectives.KLSchedule`,
+            applied to the latent sites with :class:`~pyro_vae.objectives.LatentScale`.
+        lr_schedule, clip_norm: see :func:`make_optimizer`; the schedule steps once per epoch.
+        seed: seeds torch, numpy and ``random`` via ``pyro.set_rng_seed`` (``None``: leave them).
         device: ``"cpu"``, ``"cuda"``, ... (default: where the VAE's parameters are).
         val_data: held-out data for ``val_elbo`` every ``val_every`` epochs.
+        early_stopping: an :class:`EarlyStopping` or a patience; needs ``val_data``.
+        resume: a snapshot from ``on_epoch_end`` (e.g. a loaded checkpoint) to continue from.
         train_transform: applied to the whole training tensor at the start of
             each epoch (e.g. ``torch.bernoulli`` for dynamic binarisation).
-        on_epoch_end: called as ``on_epoch_end(record, optim)`` after each epoch
-            (metrics logging, checkpoints); ``optim.get_state()`` is the optimiser state.
-        progress: show a tqdm bar with the running ELBO.
+        on_epoch_end: called as ``on_epoch_end(record, snapshot)``; ``snapshot()``
+            returns everything needed to resume (call it only when saving).
+        progress: a tqdm bar with the running ELBO.
     """
-    if seed is not None:
+    if epochs < 0 or (batch_size is not None and batch_size < 1) or val_every < 1:
+        raise ValueError(f"need epochs >= 0, batch_size >= 1 and val_every >= 1; got epochs={epochs}, "
+                         f"batch_size={batch_size}, val_every={val_every}")
+    if isinstance(early_stopping, int):
+        early_stopping = EarlyStopping(patience=early_stopping)
+    if early_stopping is not None and val_data is None:
+        raise ValueError("early stopping watches the validation ELBO: pass val_data")
+    schedule = kl_weight if isinstance(kl_weight, KLSchedule) else KLSchedule("constant", float(kl_weight))
+    if seed is not None and resume is None:
         pyro.set_rng_seed(seed)
-    if epochs < 0 or (batch_size is not None and batch_size < 1):
-        raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
+
     tensors = as_tensors(data)
     vae.check_data(tensors[0])
     if val_data is not None:
@@ -124,15 +239,46 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
     tensors = tuple(t.to(device) for t in tensors)
     n = tensors[0].shape[0]
     batch = n if batch_size is None else min(int(batch_size), n)
+    steps_per_epoch = math.ceil(n / batch)
 
+    if isinstance(optimizer, str):
+        if lr_schedule is not None:
+            sname, sopts = LR_SCHEDULES.split_spec(lr_schedule)
+            if sname == "cosine" and "T_max" not in sopts:
+                lr_schedule = {"name": sname, **sopts, "T_max": epochs}  # decay over the whole run
+        optim = make_optimizer(optimizer, lr, clip_norm=clip_norm, schedule=lr_schedule)
+    else:
+        optim = optimizer
+    loss = make_objective(objective, num_particles, getattr(vae, "max_plate_nesting", None))
+    model, guide = vae.model, vae.guide
+    scaler = None
+    if schedule != KLSchedule("constant", 1.0):
+        scaler = LatentScale(vae.latent_sites)
+        model, guide = scaler(model), scaler(guide)
+
+    history, step_losses, best_state, first_epoch = [], [], None, 1
+    if resume is not None:
+        vae.load_state_dict(resume["model"])
+        history, step_losses = list(resume["history"]), list(resume["step_losses"])
+        first_epoch = resume["epoch"] + 1
+        if early_stopping is not None and resume.get("early_stopping"):
+            early_stopping = EarlyStopping(**resume["early_stopping"])
+            best_state = resume.get("best_model")
     sync_param_store(vae)
-    optim = make_optimizer(optimizer, lr) if isinstance(optimizer, str) else optimizer
-    if loss is None:
-        loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
-    svi = SVI(vae.model, vae.guide, optim, loss)
+    svi = SVI(model, guide, optim, loss)
+    if resume is not None:
+        optim.set_state(resume["optim"])
+        set_rng_state(resume["rng"])
+    step = (first_epoch - 1) * steps_per_epoch
 
-    history, step_losses = [], []
-    bar = tqdm(range(1, epochs + 1), desc="epochs", unit="epoch", disable=not progress, leave=False)
+    def snapshot() -> dict:
+        return {"epoch": epoch, "step": step, "model": copy.deepcopy(vae.state_dict()),
+                "optim": copy.deepcopy(optim.get_state()), "rng": rng_state(), "history": list(history),
+                "step_losses": list(step_losses), "kl_weight": schedule(step / steps_per_epoch),
+                "early_stopping": asdict(early_stopping) if early_stopping else None, "best_model": best_state}
+
+    stopped = False
+    bar = tqdm(range(first_epoch, epochs + 1), desc="epochs", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         start = time.perf_counter()
         vae.train()
@@ -140,17 +286,39 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
         perm = torch.randperm(n, device=device)
         epoch_losses = []
         for lo in range(0, n, batch):
+            if scaler is not None:
+                scaler.weight = schedule(step / steps_per_epoch)
             idx = perm[lo:lo + batch]
             epoch_losses.append(svi.step(*(t[idx] for t in epoch_data), idx=idx, num_data=n) / n)
+            step += 1
         step_losses.extend(epoch_losses)
-        record = {"epoch": epoch, "train_elbo": -sum(epoch_losses) / len(epoch_losses)}
-        if val_data is not None and (epoch % val_every == 0 or epoch == epochs):
+        record = {"epoch": epoch, "train_elbo": -sum(epoch_losses) / len(epoch_losses),
+                  "kl_weight": scaler.weight if scaler is not None else schedule.beta, "lr": _current_lr(optim)}
+        validate = val_data is not None and (epoch % val_every == 0 or epoch == epochs)
+        if validate:
             vae.eval()
             record["val_elbo"] = evaluate_elbo(vae, val_data)
+            if early_stopping is not None:
+                improved, stopped = early_stopping.update(epoch, record["val_elbo"])
+                record["best"] = improved
+                if improved:
+                    best_state = copy.deepcopy(vae.state_dict())
+        if isinstance(optim, pyro.optim.PyroLRScheduler):
+            plateau = isinstance(next(iter(optim.optim_objs.values()), None),
+                                 torch.optim.lr_scheduler.ReduceLROnPlateau)
+            if plateau:
+                if validate or val_data is None:
+                    optim.step(-record.get("val_elbo", record["train_elbo"]))
+            else:
+                optim.step()
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         if on_epoch_end is not None:
-            on_epoch_end(record, optim)
+            on_epoch_end(record, snapshot)
         bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("elbo")})
+        if stopped:
+            break
+    if early_stopping is not None and early_stopping.restore_best and best_state is not None:
+        vae.load_state_dict(best_state)
     vae.eval()
-    return FitResult(vae, history, step_losses)
+    return FitResult(vae, history, step_losses, early_stopping.best_epoch if early_stopping else None, stopped)

@@ -43,3 +43,70 @@ def test_fit_is_reproducible_under_a_seed(digits):
         runs.append(fit(vae, x, epochs=2, seed=seed, progress=False).step_losses)
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+def test_resume_in_a_new_process_is_bitwise_identical(tmp_path):
+    """4 epochs straight == 2 epochs, interrupted, then resumed from the checkpoint in a new process.
+
+    Bitwise on CPU: the checkpoint restores weights, Adam state, the lr scheduler,
+    every RNG (minibatch order, dynamic binarisation, latent noise), the KL
+    schedule position and the early-stopping bookkeeping.
+    """
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = REPO / "tests" / "resume_script.py"
+
+    def run(mode, ckpt, out):
+        done = subprocess.run([sys.executable, str(script), mode, str(ckpt), str(out)], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    run("straight", tmp_path / "a.pt", tmp_path / "straight.pt")
+    run("interrupt", tmp_path / "b.pt", tmp_path / "unused.pt")
+    assert not (tmp_path / "unused.pt").exists()
+    run("resume", tmp_path / "b.pt", tmp_path / "resumed.pt")
+    straight, resumed = torch.load(tmp_path / "straight.pt"), torch.load(tmp_path / "resumed.pt")
+    assert resumed["step_losses"] == straight["step_losses"]
+    assert resumed["history"] == straight["history"]
+    assert all(torch.equal(a, b) for a, b in zip(straight["params"], resumed["params"]))
+
+
+def test_early_stopping_on_a_scripted_validation_curve(digits, monkeypatch):
+    import pyro_vae.train as train_module
+
+    curve = iter([-50.0, -40.0, -30.0, -31.0, -30.5, -32.0, -20.0, -10.0])
+    monkeypatch.setattr(train_module, "evaluate_elbo", lambda vae, data: next(curve))
+    weights = {}
+
+    def keep(record, snapshot):
+        weights[record["epoch"]] = snapshot()["model"]
+
+    x = digits[0][:200]
+    vae = VAE((1, 8, 8), latent_dim=2, net={"name": "mlp", "hidden": [16]})
+    result = fit(vae, x, epochs=8, val_data=x[:10], early_stopping=3, on_epoch_end=keep, progress=False)
+    # best at epoch 3 (-30); epochs 4, 5, 6 fail to improve -> stop after epoch 6
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4, 5, 6]
+    assert result.stopped_early and result.best_epoch == 3
+    assert [r["best"] for r in result.history] == [True, True, True, False, False, False]
+    for name, value in vae.state_dict().items():
+        assert torch.equal(value, weights[3][name]), name
+    assert not torch.equal(weights[6]["decoder.net.layers.0.weight"], weights[3]["decoder.net.layers.0.weight"])
+
+
+def test_learning_rate_schedule_and_bad_training_options(digits):
+    x = digits[0][:256]
+    result = fit(VAE((1, 8, 8), latent_dim=2), x, epochs=3, lr=0.01, progress=False,
+                 lr_schedule={"name": "step", "step_size": 2, "gamma": 0.1})
+    assert [r["lr"] for r in result.history] == pytest.approx([0.01, 0.01, 0.001])  # lr used in each epoch
+    vae = VAE((1, 8, 8), latent_dim=2)
+    with pytest.raises(ValueError, match=r"unknown option 'gama' for lr schedule 'step'.*Did you mean 'gamma'"):
+        fit(vae, x, epochs=1, lr_schedule={"name": "step", "step_size": 2, "gama": 0.1}, progress=False)
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adamm'.*Did you mean 'adam'"):
+        fit(vae, x, epochs=1, optimizer="adamm", progress=False)
+    with pytest.raises(ValueError, match="early stopping watches the validation ELBO: pass val_data"):
+        fit(vae, x, epochs=1, early_stopping=3, progress=False)
+    with pytest.raises(ValueError, match="learning rate must be > 0"):
+        fit(vae, x, epochs=1, lr=-1.0, progress=False)

@@ -1,0 +1,170 @@
+"""Objectives by name, KL weights, free bits: checked against estimators that must agree."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import RenyiELBO, Trace_ELBO
+
+from pyro_vae import VAE, fit
+from pyro_vae.objectives import (OBJECTIVES, FreeBitsELBO, KLSchedule, LatentScale, LocalRenyiELBO,
+                                 make_objective)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    pyro.set_rng_seed(0)
+    x = digits[0]
+    vae = VAE((1, 8, 8), latent_dim=4, net={"name": "mlp", "hidden": [64]})
+    fit(vae, x[:1000], epochs=3, progress=False)
+    return vae, x[1000:1200]
+
+
+def estimates(loss, vae, x, reps=30, **kwargs):
+    """Per-point objective estimates under seeds 0..reps-1 (paired across objectives)."""
+    vals = []
+    for r in range(reps):
+        pyro.set_rng_seed(r)
+        n = kwargs.get("num_data") or len(x)
+        vals.append(-loss.loss(vae.model, vae.guide, x, **kwargs) / n)
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+def test_every_objective_name_builds_a_pyro_elbo():
+    for name in OBJECTIVES.names():
+        assert isinstance(make_objective(name, num_particles=2, max_plate_nesting=1), pyro.infer.ELBO)
+    with pytest.raises(ValueError, match=r"unknown objective 'iwea'.*Did you mean 'iwae'"):
+        make_objective("iwea")
+    with pytest.raises(ValueError, match=r"JitTraceMeanField_ELBO\) is refused.*memory"):
+        make_objective({"name": "meanfield", "jit": True})
+    with pytest.raises(ValueError, match="num_particles must be >= 1"):
+        make_objective("elbo", num_particles=0)
+
+
+@pytest.mark.parametrize("subsample", [False, True])
+def test_iwae_with_one_particle_is_the_elbo_estimator(fitted, subsample):
+    vae, x = fitted
+    kwargs = {"idx": torch.arange(20), "num_data": 200} if subsample else {}
+    xb = x[:20] if subsample else x
+    pyro.set_rng_seed(3)
+    elbo = Trace_ELBO().loss(vae.model, vae.guide, xb, **kwargs)
+    pyro.set_rng_seed(3)
+    iwae = make_objective("iwae", num_particles=1, max_plate_nesting=1).loss(vae.model, vae.guide, xb, **kwargs)
+    assert iwae == pytest.approx(elbo, rel=1e-6)
+
+
+def test_iwae_bound_is_above_the_elbo_and_grows_with_k(fitted):
+    vae, x = fitted
+    elbo = estimates(Trace_ELBO(), vae, x)
+    iwae5 = estimates(LocalRenyiELBO(5, max_plate_nesting=1), vae, x)
+    iwae50 = estimates(LocalRenyiELBO(50, max_plate_nesting=1), vae, x)
+    for lo, hi in ((elbo, iwae5), (iwae5, iwae50)):
+        diff = hi - lo
+        assert diff.mean() > 3 * diff.std() / math.sqrt(len(diff)), (lo.mean(), hi.mean())
+
+
+def test_pyro_renyi_elbo_is_biased_under_subsampling_and_ours_is_not(fitted):
+    """Full batch: Pyro's RenyiELBO(alpha=0) equals ours. Minibatch with N/B = 10: it overshoots the bound."""
+    vae, x = fitted
+    ours, theirs = LocalRenyiELBO(5, max_plate_nesting=1), RenyiELBO(alpha=0, num_particles=5,
+                                                                       vectorize_particles=True, max_plate_nesting=1)
+    full_ours, full_theirs = estimates(ours, vae, x, reps=3), estimates(theirs, vae, x, reps=3)
+    torch.testing.assert_close(full_ours, full_theirs, rtol=1e-5, atol=1e-5)
+    sub = {"idx": torch.arange(20), "num_data": 200}
+    xb = x[:20]
+    exact_iwae = estimates(ours, vae, xb, reps=40)  # per point of the 20, as the full-batch IWAE
+    minibatch_ours = estimates(ours, vae, xb, reps=40, **sub)
+    minibatch_theirs = estimates(theirs, vae, xb, reps=40, **sub)
+    se = (minibatch_theirs - exact_iwae).std() / math.sqrt(40)
+    assert (minibatch_theirs - exact_iwae).mean() > 3 * se
+    torch.testing.assert_close(minibatch_ours, exact_iwae, rtol=1e-5, atol=1e-4)
+
+
+def test_meanfield_and_elbo_agree_in_expectation(fitted):
+    vae, x = fitted
+    elbo = estimates(make_objective("elbo"), vae, x)
+    meanfield = estimates(make_objective("meanfield"), vae, x)
+    se = math.sqrt(elbo.var() / len(elbo) + meanfield.var() / len(meanfield))
+    assert abs(elbo.mean() - meanfield.mean()) < 4 * se
+
+
+def test_latent_scale_weights_latent_sites_only():
+    vae = VAE((6,), latent_dim=2, likelihood="normal")
+    x = torch.randn(8, 6)
+    scaler = LatentScale(vae.latent_sites, weight=0.3)
+    for program in (vae.model, vae.guide):
+        tr = poutine.trace(scaler(program)).get_trace(x, torch.arange(8), 80)
+        assert tr.nodes["z"]["scale"] == pytest.approx(0.3 * 10)
+        if "x" in tr.nodes:
+            assert tr.nodes["x"]["scale"] == pytest.approx(10)
+
+
+def test_kl_schedules():
+    assert KLSchedule("constant", 0.5)(7.3) == 0.5
+    lin = KLSchedule("linear", 2.0, warmup=4)
+    assert [lin(t) for t in (0, 1, 2, 4, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    cyc = KLSchedule("cyclical", 1.0, cycles=2, ratio=0.5, epochs=8)  # period 4, ramp over 2
+    assert [cyc(t) for t in (0, 1, 2, 3, 4, 5, 8, 10)] == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0]
+    with pytest.raises(ValueError, match="beta must be >= 0"):
+        KLSchedule("constant", -1.0)
+    with pytest.raises(ValueError, match="constant, linear or cyclical"):
+        KLSchedule("warmup")
+
+
+def test_training_applies_the_scheduled_weight_at_every_step(digits):
+    """The trace SVI differentiates has z scaled by exactly schedule(step) * N/B; x only by N/B."""
+    seen = []
+
+    class Spy(Trace_ELBO):
+        def loss_and_grads(self, model, guide, *args, **kwargs):
+            tr = poutine.trace(guide).get_trace(*args, **kwargs)
+            mtr = poutine.trace(poutine.replay(model, trace=tr)).get_trace(*args, **kwargs)
+            seen.append((tr.nodes["z"]["scale"], mtr.nodes["z"]["scale"], mtr.nodes["x"]["scale"],
+                         len(args[0]), kwargs["num_data"]))
+            return super().loss_and_grads(model, guide, *args, **kwargs)
+
+    x = digits[0][:300]
+    schedule = KLSchedule("linear", 0.8, warmup=2)
+    result = fit(VAE((1, 8, 8), latent_dim=2), x, epochs=3, batch_size=100, objective=Spy(), kl_weight=schedule,
+                 progress=False)
+    assert len(seen) == 9
+    for step, (gz, mz, mx, b, n) in enumerate(seen):
+        beta = schedule(step / 3)
+        assert gz == pytest.approx(beta * n / b) and mz == pytest.approx(beta * n / b)
+        assert mx == pytest.approx(n / b)
+    assert [r["kl_weight"] for r in result.history] == pytest.approx([schedule(2 / 3), schedule(5 / 3), 0.8])
+
+
+def test_free_bits_with_zero_floor_is_the_elbo_and_a_floor_caps_the_kl(fitted):
+    vae, x = fitted
+    pyro.set_rng_seed(1)
+    plain = Trace_ELBO().loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(1)
+    assert FreeBitsELBO(0.0).loss(vae.model, vae.guide, x) == pytest.approx(plain, rel=1e-5)
+    # With a floor above the KL, the KL term is the constant N * lambda * d: no gradient reaches the encoder.
+    loss = FreeBitsELBO(50.0).differentiable_loss(vae.model, vae.guide, x)
+    vae.zero_grad()
+    pyro.set_rng_seed(1)
+    tr = poutine.trace(vae.guide).get_trace(x)
+    mtr = poutine.trace(poutine.replay(vae.model, trace=tr)).get_trace(x)
+    recon = mtr.nodes["x"]["fn"].log_prob(x).sum()
+    pyro.set_rng_seed(1)
+    loss = FreeBitsELBO(50.0).differentiable_loss(vae.model, vae.guide, x)
+    assert loss.item() == pytest.approx(-recon.item() + len(x) * 50.0 * 4, rel=1e-5)
+    with pytest.raises(ValueError, match="free_bits must be >= 0"):
+        FreeBitsELBO(-1.0)
+
+
+@pytest.mark.parametrize("name", ["meanfield", "iwae", "renyi", "tracegraph", {"name": "elbo", "free_bits": 0.1}],
+                         ids=["meanfield", "iwae", "renyi", "tracegraph", "free-bits"])
+def test_every_objective_trains(digits, name):
+    x = digits[0]
+    torch.manual_seed(0)
+    vae = VAE((1, 8, 8), latent_dim=4, net={"name": "mlp", "hidden": [64]})
+    from pyro_vae import elbo
+    before = elbo(vae, x[1500:])
+    fit(vae, x[:1500], epochs=4, objective=name, num_particles=3 if name in ("iwae", "renyi") else 1,
+        progress=False)
+    assert elbo(vae, x[1500:]) > before + 10
