@@ -1,0 +1,147 @@
+"""Checkpoints: one ``torch.save`` payload per file, written atomically.
+
+A run directory holds ``config.toml`` (the resolved config) and
+``checkpoint.pt`` (the last saved epoch; other names such as ``best.pt`` can
+sit beside it). The payload is the snapshot that ``pyro_vae.train.fit`` hands
+to ``on_epoch_end`` (so it can be passed back as ``fit(resume=...)``) plus
+what is needed to rebuild the model and its inputs::
+
+    format       payload layout version (1)
+    epoch, step  last finished epoch and optimisation step
+    model        VAE state_dict
+    optim        pyro optimiser state (PyroOptim.get_state())
+    rng          torch / numpy / python (/ cuda) RNG states
+    history      per-epoch metric records; step_losses, kl_weight, early_stopping, best_model
+    data_shape   shape of one data point, to rebuild the VAE
+    config       resolved config as a nested dict (Config.to_dict())
+    preprocess   statistics that map raw data as the training data was mapped
+    versions     pyro_vae, torch, pyro-ppl, python
+
+Every value is a tensor, number, string, list, tuple or dict, so the file loads
+with ``torch.load(weights_only=True)``: no pickled code runs on loading.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+from .config import Config
+
+__all__ = ["CHECKPOINT", "BEST", "CONFIG", "FORMAT", "save_checkpoint", "load_checkpoint", "versions", "load_run"]
+
+CHECKPOINT = "checkpoint.pt"  # the last saved epoch of a run
+BEST = "best.pt"  # the epoch with the best validation ELBO (written when early stopping is on)
+CONFIG = "config.toml"
+FORMAT = 1
+
+
+def save_checkpoint(path, payload: dict) -> Path:
+    """Write ``payload`` to ``path`` atomically: a temp file in the same directory, fsync, ``os.replace``.
+
+    A crash or an exception mid-write leaves the previous file at ``path`` intact
+    and no temp file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(_storable(payload), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """The payload saved by :func:`save_checkpoint` (tensors mapped to ``map_location``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"{path}: not a readable pyro_vae checkpoint ({type(err).__name__}: {first})") from err
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a pyro_vae checkpoint (holds a {type(payload).__name__}, not a dict)")
+    return _restored(payload)
+
+
+def _storable(payload: dict) -> dict:
+    """numpy's RNG state (a tuple holding an ndarray) as tensors and numbers, which weights_only loading accepts."""
+    rng = payload.get("rng")
+    if not rng or not isinstance(rng.get("numpy"), tuple):
+        return payload
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    numpy_state = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {**payload, "rng": {**rng, "numpy": numpy_state}}
+
+
+def _restored(payload: dict) -> dict:
+    """Undo :func:`_storable`: ``payload["rng"]`` as ``pyro_vae.train.set_rng_state`` takes it."""
+    rng = payload.get("rng")
+    if not rng or not isinstance(rng.get("numpy"), dict):
+        return payload
+    n = rng["numpy"]
+    numpy_state = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    return {**payload, "rng": {**rng, "numpy": numpy_state}}
+
+
+def versions() -> dict:
+    """Versions of the library and its core dependencies, for the record."""
+    from . import __version__
+
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading rejects
+    return {"pyro_vae": str(__version__), "torch": str(torch.__version__), "pyro": str(pyro.__version__),
+            "python": platform.python_version()}
+
+
+def load_run(run_dir, checkpoint: str = CHECKPOINT, map_location="cpu"):
+    """Rebuild a trained VAE from a run directory.
+
+    Returns ``(vae, config, payload)``: the VAE in eval mode with the saved
+    weights (on ``map_location``), the run's :class:`~pyro_vae.config.Config`
+    and the checkpoint payload.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} not found")
+    path = run_dir / checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {checkpoint}; is it a pyro-vae run directory?")
+    payload = load_checkpoint(path, map_location=map_location)
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r} is not supported (expected {FORMAT})")
+    config = Config.from_dict(payload["config"])
+    vae = config.model.build(payload["data_shape"])
+    vae.load_state_dict(payload["model"])
+    vae.to(map_location)
+    vae.eval()
+    return vae, config, payload

@@ -1,0 +1,370 @@
+"""The ``pyro-vae`` command: train, evaluate, sample, encode.
+
+Flags map onto config keys (``--latent-dim`` -> ``model.latent_dim``) through one
+table, :data:`TRAIN_FLAGS`; the work itself lives in :mod:`pyro_vae.run`.
+Library exceptions are caught here only: a one-paragraph message on stderr and
+exit code 2 for bad usage or configuration, 1 for a problem while running.
+Set ``PYRO_VAE_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import Config, ConfigError, apply_overrides, load_config
+
+__all__ = ["main", "build_parser", "TRAIN_FLAGS"]
+
+PROG = "pyro-vae"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 400,400, got {text!r}")
+    if not sizes:
+        raise argparse.ArgumentTypeError("expected at least one layer size, e.g. 256")
+    return sizes
+
+
+def _names(registry) -> str:
+    return ", ".join(registry.names())
+
+
+def _train_flags():
+    """(flag, config key, argparse options) for every config override of ``train``.
+
+    Component names come before their options (``--net`` before ``--hidden``),
+    as setting a component by name resets its options.
+    """
+    from .data import DATASETS, PREPROCESS
+    from .likelihoods import LIKELIHOODS
+    from .nets import NETS
+    from .objectives import OBJECTIVES
+    from .priors import PRIORS
+    from .train import OPTIMIZERS
+
+    return [
+        ("--dataset", "data.source", dict(metavar="NAME", help=f"built-in dataset: {', '.join(DATASETS)}")),
+        ("--data", "data.source", dict(metavar="FILE", help="a user data file (.npy, .npz, .csv, .pt) instead")),
+        ("--data-dir", "data.data_dir", dict(metavar="DIR", help="where torchvision datasets are stored")),
+        ("--download", "data.download", dict(action="store_const", const=True,
+                                             help="download a missing torchvision dataset")),
+        ("--preprocess", "data.preprocess", dict(metavar="NAME", help=f"one of {', '.join(PREPROCESS)}")),
+        ("--prior", "model.prior", dict(metavar="NAME", help=f"p(z): {_names(PRIORS)}")),
+        ("--likelihood", "model.likelihood", dict(metavar="NAME", help=f"p(x|z): {_names(LIKELIHOODS)}")),
+        ("--net", "model.net", dict(metavar="NAME", help=f"encoder/decoder family: {_names(NETS)} "
+                                                         "(resets its options; add --hidden)")),
+        ("--latent-dim", "model.latent_dim", dict(type=int, metavar="D", help="size of z")),
+        ("--hidden", "model.net.hidden", dict(type=_int_list, metavar="N,N", help="hidden layer sizes, e.g. 400,400")),
+        ("--objective", "objective.name", dict(metavar="NAME", help=f"training objective: {_names(OBJECTIVES)}")),
+        ("--num-particles", "objective.num_particles", dict(type=int, metavar="K",
+                                                            help="samples of z per point and step")),
+        ("--kl-weight", "objective.kl_weight", dict(type=float, metavar="BETA", help="KL weight beta (beta-VAE)")),
+        ("--kl-schedule", "objective.kl_schedule", dict(metavar="NAME", help="constant, linear (warm-up over "
+                                                        "objective.kl_warmup epochs) or cyclical")),
+        ("--lr-schedule", "optim.lr_schedule", dict(metavar="NAME", help="exponential, step, cosine or plateau "
+                                                    "(options via --set optim.lr_schedule.gamma=0.99)")),
+        ("--early-stopping", "train.early_stopping", dict(type=int, metavar="PATIENCE",
+                                                          help="stop after PATIENCE validations without "
+                                                               "improvement; best.pt keeps the best epoch")),
+        ("--epochs", "train.epochs", dict(type=int, metavar="N", help="passes over the training data")),
+        ("--batch-size", "data.batch_size", dict(type=int, metavar="B", help="minibatch size")),
+        ("--lr", "optim.lr", dict(type=float, metavar="LR", help="learning rate")),
+        ("--optimizer", "optim.name", dict(metavar="NAME", help=f"one of {_names(OPTIMIZERS)}")),
+        ("--seed", "train.seed", dict(type=int, metavar="S", help="seed of weights, splits and Monte Carlo draws")),
+        ("--device", "train.device", dict(metavar="DEV", help="cpu, cuda, cuda:1, ...")),
+        ("--out", "output.run_dir", dict(metavar="RUN_DIR", help="run directory "
+                                         "(default runs/<source>-<prior>-<likelihood>-<timestamp>)")),
+    ]
+
+
+TRAIN_FLAGS = _train_flags()
+
+
+def _dest(flag: str) -> str:
+    return "flag_" + flag.lstrip("-").replace("-", "_")
+
+
+def _default(key: str):
+    node = Config().to_dict()
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+# --------------------------------------------------------------------------- parser
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_Formatter,
+        description="Variational autoencoders as Pyro programs: train a VAE from a TOML config or flags, "
+                    "then evaluate, sample from and encode data with a saved run.",
+        epilog="examples:\n  pyro-vae train                       # the embedded digits, 10-20 s on 2 CPU cores\n"
+               "  pyro-vae train --config examples/configs/mnist_vamp.toml --download\n"
+               "  pyro-vae evaluate runs/RUN --json\n  pyro-vae <command> --help")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="<command>")
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_sample(commands)
+    _add_encode(commands)
+    return parser
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser(
+        "train", formatter_class=_Formatter, help="train a VAE and write a run directory",
+        description="Train a VAE by stochastic variational inference. Settings come from the built-in defaults "
+                    "(digits, MLP [256], latent_dim 8, Bernoulli likelihood, standard normal prior, 60 epochs), "
+                    "then --config FILE, then the flags below, then --set KEY=VALUE.\n\n"
+                    "The run directory receives checkpoint.pt, config.toml (resolved: re-running it repeats "
+                    "the run), metrics.jsonl and PNG figures (elbo, reconstructions, samples, latent, "
+                    "interpolation).",
+        epilog="examples:\n  pyro-vae train\n  pyro-vae train --prior mog --latent-dim 4 --epochs 50 --out runs/mog\n"
+               "  pyro-vae train --data counts.npz --preprocess none --likelihood negative-binomial\n"
+               "  pyro-vae train --config runs/mog/config.toml --out runs/mog-again\n"
+               "  pyro-vae train --prior mog --set model.prior.n_components=20 --set train.val_every=5")
+    p.add_argument("--config", metavar="FILE", help="TOML config (see examples/configs/)")
+    source = p.add_mutually_exclusive_group()
+    for flag, key, options in TRAIN_FLAGS:
+        default = _default(key)
+        shown = f"; default {json.dumps(default)}" if default is not None else ""
+        options = dict(options, help=f"{options['help']} [{key}{shown}]", dest=_dest(flag), default=None)
+        (source if key == "data.source" else p).add_argument(flag, **options)
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="any config key, value in TOML syntax, e.g. --set 'model.prior={name=\"mog\"}' (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint.pt exactly where it "
+                   "stopped (with --epochs N: up to N epochs in total); takes no other settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(run=_train)
+
+
+def _add_evaluate(commands) -> None:
+    p = commands.add_parser(
+        "evaluate", formatter_class=_Formatter, help="ELBO of a saved run on held-out data",
+        description="Rebuild the run's data split (or read a raw data file and preprocess it as the "
+                    "training data was), load checkpoint.pt and report the ELBO per data point in nats.",
+        epilog="examples:\n  pyro-vae evaluate runs/RUN\n  pyro-vae evaluate runs/RUN --split val --num-particles 10 "
+               "--json\n  pyro-vae evaluate runs/RUN --data new_points.npy")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `pyro-vae train`")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="data split (default test)")
+    p.add_argument("--data", metavar="FILE", help="evaluate a raw data file instead of a split")
+    p.add_argument("--num-particles", type=int, default=1, metavar="K", help="samples of z per point (default 1)")
+    # --iwae-samples K (importance-weighted bound) belongs here, next to --num-particles.
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the Monte Carlo draws (default: the run's seed)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="device to evaluate on (default cpu)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (n, elbo, split, ...) instead of text")
+    p.set_defaults(run=_evaluate)
+
+
+def _add_sample(commands) -> None:
+    p = commands.add_parser(
+        "sample", formatter_class=_Formatter, help="draw new data from a saved run",
+        description="Draw z ~ p(z) and decode: an image grid (.png) of E[x|z] (or of x ~ p(x|z) with --draw), "
+                    "or the raw array (.npy).",
+        epilog="example:\n  pyro-vae sample runs/RUN -n 64 --out samples.png")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `pyro-vae train`")
+    p.add_argument("-n", "--num", type=int, default=64, metavar="N", help="number of samples (default 64)")
+    p.add_argument("--out", default="samples.png", metavar="FILE", help="output .png or .npy (default samples.png)")
+    p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of the mean E[x|z]")
+    p.add_argument("--nrow", type=int, default=8, metavar="K", help="images per grid row (default 8)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed (default: the run's seed)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="device (default cpu)")
+    p.set_defaults(run=_sample)
+
+
+def _add_encode(commands) -> None:
+    p = commands.add_parser(
+        "encode", formatter_class=_Formatter, help="posterior means of a data file",
+        description="Map each row of a raw data file to the mean of q(z|x), saved as a float32 [N, latent_dim] "
+                    ".npy. The file is preprocessed with the training statistics stored in the checkpoint "
+                    "(e.g. 'scale' divides by the training range); binarisation is not applied.",
+        epilog="example:\n  pyro-vae encode runs/RUN data.npy --out latents.npy")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `pyro-vae train`")
+    p.add_argument("data_file", metavar="DATA_FILE", help="raw data (.npy, .npz, .csv, .pt) like the training source")
+    p.add_argument("--out", default="latents.npy", metavar="FILE", help="output .npy (default latents.npy)")
+    p.add_argument("--batch-size", type=int, default=1024, metavar="B", help="rows per forward pass (default 1024)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="device (default cpu)")
+    p.set_defaults(run=_encode)
+
+
+# --------------------------------------------------------------------------- commands
+
+def _say(args, *lines) -> None:
+    if not getattr(args, "quiet", False):
+        print(*lines, sep="\n", flush=True)
+
+
+def _parse_set(item: str):
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, e.g. --set model.latent_dim=4; got {item!r}")
+    from .config import tomllib
+
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word: take it as a string
+    return key.strip(), value
+
+
+def train_config(args) -> Config:
+    """The config for ``train``: defaults, then ``--config``, then flags, then ``--set``."""
+    config = load_config(args.config) if args.config else Config()
+    overrides = {key: getattr(args, _dest(flag)) for flag, key, _ in TRAIN_FLAGS
+                 if getattr(args, _dest(flag)) is not None}
+    overrides.update(_parse_set(item) for item in args.sets)
+    return apply_overrides(config, overrides) if overrides else config
+
+
+def _resume_settings(args) -> int | None:
+    """``--resume`` continues the saved config; only the total number of epochs may change."""
+    given = [flag for flag, _, _ in TRAIN_FLAGS if flag != "--epochs" and getattr(args, _dest(flag)) is not None]
+    if args.config or args.sets or given:
+        extra = (["--config"] if args.config else []) + given + (["--set"] if args.sets else [])
+        raise ConfigError(f"--resume continues the run with its own saved config; it takes only --epochs, "
+                          f"not {', '.join(extra)}. Start a new run with --config RUN_DIR/config.toml instead")
+    return getattr(args, _dest("--epochs"))
+
+
+def _train(args) -> int:
+    from .run import resume_run, train_run
+
+    start = time.perf_counter()
+    if args.resume:
+        epochs = _resume_settings(args)
+        _say(args, f"resuming {args.resume}" + (f" up to epoch {epochs}" if epochs else ""))
+        result = resume_run(args.resume, epochs=epochs, progress=not args.quiet)
+    else:
+        config = train_config(args)
+        m = config.model
+        _say(args, f"training: {config.data.source}, prior {m.label('prior')}, likelihood {m.label('likelihood')}, "
+                   f"net {m.label('net')}, latent_dim {m.latent_dim}, {config.train.epochs} epochs on "
+                   f"{config.train.device} (seed {config.train.seed})")
+        result = train_run(config, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    last = result.history[-1] if result.history else {}
+    summary = ", ".join(f"{k} {last[k]:.3f}" for k in ("train_elbo", "val_elbo", "recon", "kl") if k in last)
+    s = result.splits
+    _say(args, f"done in {seconds:.1f} s: {len(s.train)} train / {len(s.val)} val / {len(s.test)} test points; "
+               f"{summary or 'no epochs'} (nats per data point)",
+         f"run directory: {result.run_dir}")
+    notes = {"checkpoint": "weights, optimiser, RNG state (pyro-vae train --resume continues it)",
+             "best": "the epoch with the best validation ELBO", "config": "resolved config: "
+             f"pyro-vae train --config {result.files['config']} --out NEW_DIR repeats the run",
+             "metrics": "one JSON line per epoch"}
+    for name, path in result.files.items():
+        _say(args, f"  {path.name:<20} {notes.get(name, 'figure')}")
+    return 0
+
+
+def _set_seed(args, config) -> int:
+    import pyro
+
+    seed = config.train.seed if args.seed is None else args.seed
+    pyro.set_rng_seed(seed)
+    return seed
+
+
+def _evaluate(args) -> int:
+    from .run import evaluate_run
+
+    report = evaluate_run(args.run_dir, split=args.split, data_file=args.data, num_particles=args.num_particles,
+                          seed=args.seed, device=args.device)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['split']} ELBO: {report['elbo']:.4f} nats per data point "
+              f"(n={report['n']}, {report['num_particles']} particle(s), seed {report['seed']}, "
+              f"checkpoint epoch {report['epoch']})")
+    return 0
+
+
+def _sample(args) -> int:
+    import numpy as np
+
+    from .checkpoint import load_run
+    from .plots import save_image_grid
+
+    if args.num < 1:
+        raise ConfigError(f"-n must be >= 1, got {args.num}")
+    vae, config, _ = load_run(args.run_dir, map_location=args.device)
+    _set_seed(args, config)
+    x = vae.sample(args.num, mean=not args.draw).cpu()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, x.numpy())
+    else:
+        out = save_image_grid(x, out, nrow=args.nrow)
+    print(f"wrote {args.num} samples of shape {tuple(x.shape[1:])} to {out}")
+    return 0
+
+
+def _encode(args) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoint import load_run
+    from .run import Preprocessing, load_data_file
+
+    vae, _, payload = load_run(args.run_dir, map_location=args.device)
+    x, _ = load_data_file(args.data_file, vae.data_shape, Preprocessing.from_state(payload["preprocess"]))
+    vae.check_data(x, support=False)
+    z = torch.cat([vae.encode(x[i:i + args.batch_size])[0].cpu() for i in range(0, len(x), args.batch_size)])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, z.numpy().astype(np.float32))
+    print(f"wrote posterior means [{z.shape[0]}, {z.shape[1]}] to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+def _one_paragraph(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text
+
+
+def main(argv=None) -> int:
+    """Run ``pyro-vae`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # argparse printed help (0) or a usage error (2)
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except Exception as err:
+        if os.environ.get("PYRO_VAE_DEBUG"):
+            raise
+        if not isinstance(err, (ConfigError, ValueError, TypeError, OSError, RuntimeError)):
+            raise
+        print(f"{PROG} {args.command}: error: {_one_paragraph(err)}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

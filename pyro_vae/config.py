@@ -1,0 +1,445 @@
+"""The declarative run configuration: one dataclass tree, read from and written to TOML.
+
+::
+
+    [data]      source, data_dir, download, preprocess, val_fraction, test_fraction, batch_size
+    [model]     latent_dim, prior, likelihood, net     (component = name or {name = ..., options})
+    [objective] name, num_particles, kl_weight, kl_schedule, kl_warmup, kl_cycles, kl_ratio,
+                and the objective's own options (alpha = 0.5 for renyi, free_bits = 0.1 for elbo, ...)
+    [optim]     name, lr, clip_norm, lr_schedule
+    [train]     epochs, seed, device, val_every, checkpoint_every, early_stopping, min_delta
+    [output]    run_dir
+
+``load_config(path)`` / ``Config.from_dict(d)`` validate into typed objects and
+raise :class:`ConfigError` (a ``ValueError``) naming the full key, e.g.
+``model.laten_dim``, with the closest valid key. ``Config.to_toml()`` writes a
+file that loads back into an equal ``Config``; ``apply_overrides(config,
+{"model.latent_dim": 4})`` applies dotted overrides with the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import sys
+import types
+import typing
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ._registry import did_you_mean
+from .data import PREPROCESS
+from .likelihoods import LIKELIHOODS, make_likelihood
+from .model import VAE
+from .nets import NETS
+from .objectives import OBJECTIVES, KLSchedule, make_objective
+from .priors import PRIORS, make_prior
+from .train import OPTIMIZERS, make_optimizer
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "Config", "DataConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig", "OutputConfig",
+    "ConfigError", "load_config", "apply_overrides", "config_key",
+]
+
+Spec = typing.Union[str, dict]  # a component: "mog" or {"name": "mog", "n_components": 10}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message starts with the offending key."""
+
+
+@contextmanager
+def config_key(key: str):
+    """Re-raise ``ValueError``/``TypeError`` from inside the block as a :class:`ConfigError` naming ``key``."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{key}: {err}") from err
+
+
+# --------------------------------------------------------------------------- the schema
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # a name in pyro_vae.data.DATASETS, or a path to a .npy/.npz/.csv/.pt file
+    data_dir: str | None = None  # torchvision datasets live here (unset: $PYRO_VAE_DATA_DIR or ~/.cache/pyro_vae)
+    download: bool = False  # let torchvision fetch missing datasets
+    preprocess: str = "scale"  # none | scale ([0, 1]) | binarize | dynamic-binarize | standardize
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1  # unused by torchvision datasets, which keep their official test set
+    batch_size: int = 128
+
+    def check(self) -> None:
+        _require(self.preprocess in PREPROCESS, "data.preprocess",
+                 f"unknown preprocess {self.preprocess!r}; valid: {', '.join(PREPROCESS)}."
+                 + did_you_mean(self.preprocess, PREPROCESS))
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"data.{name}", f"must be in [0, 1), got {value}")
+        _require(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+def _default_net() -> dict:
+    return {"name": "mlp", "hidden": [256]}
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 8
+    prior: Spec = "normal"  # or a table, e.g. [model.prior] name = "mog"  n_components = 10
+    likelihood: Spec = "bernoulli"
+    net: Spec = field(default_factory=_default_net)  # encoder and decoder family with options (hidden, activation)
+
+    def check(self) -> None:
+        _require(self.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {self.latent_dim}")
+        for key, registry in (("prior", PRIORS), ("likelihood", LIKELIHOODS), ("net", NETS)):
+            with config_key(f"model.{key}"):
+                registry.check_options(*registry.split_spec(getattr(self, key)))
+
+    def build(self, data_shape):
+        """The :class:`~pyro_vae.model.VAE` for data points of shape ``data_shape``; bad options name their key."""
+        with config_key("model.likelihood"):
+            likelihood = make_likelihood(self.likelihood)
+        with config_key("model.prior"):
+            prior = make_prior(self.prior, self.latent_dim, tuple(data_shape))
+        with config_key("model.net"):
+            return VAE(tuple(data_shape), self.latent_dim, prior=prior, likelihood=likelihood, net=self.net)
+
+    def label(self, key: str) -> str:
+        """The component's name: ``"mog"`` for both ``"mog"`` and ``{"name": "mog", ...}``."""
+        spec = getattr(self, key)
+        return spec if isinstance(spec, str) else spec["name"]
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "elbo"  # a name in pyro_vae.objectives.OBJECTIVES: elbo, meanfield, iwae, renyi, ...
+    num_particles: int = 1  # Monte Carlo samples of z per data point and step (K for iwae / renyi)
+    kl_weight: float = 1.0  # beta: weight of the latent sites' log-densities (beta-VAE); the schedule's peak
+    kl_schedule: str = "constant"  # constant | linear (warm-up from 0 over kl_warmup epochs) | cyclical
+    kl_warmup: float = 10.0  # epochs of the linear warm-up
+    kl_cycles: int = 4  # cyclical: number of ramps over the run (Fu et al. 2019)
+    kl_ratio: float = 0.5  # cyclical: fraction of each cycle spent ramping up
+    # The objective's own options (e.g. alpha for renyi, free_bits for elbo), written
+    # as further keys of [objective]: `name = "renyi"  alpha = 0.5`.
+    options: dict = field(default_factory=dict)
+
+    _extra = "options"  # the field collecting the section's other keys
+
+    def check(self) -> None:
+        with config_key("objective.name"):
+            entry = OBJECTIVES[self.name]
+        _require(self.num_particles >= 1, "objective.num_particles", f"must be >= 1, got {self.num_particles}")
+        with config_key("objective.kl_schedule"):
+            self.kl(epochs=1)
+        valid = entry.options()
+        for key in self.options:
+            if key not in valid:
+                keys = ["name", "num_particles", *valid]
+                raise ConfigError(f"unknown key 'objective.{key}'; [objective] takes name, num_particles and the "
+                                  f"options of objective {self.name!r} ({', '.join(valid) or 'none'})."
+                                  + _suggest("objective", key, keys))
+
+    def kl(self, epochs: int) -> KLSchedule:
+        """The KL weight schedule over a run of ``epochs`` epochs."""
+        return KLSchedule(self.kl_schedule, self.kl_weight, warmup=self.kl_warmup, cycles=self.kl_cycles,
+                          ratio=self.kl_ratio, epochs=max(epochs, 1))
+
+    def spec(self) -> dict:
+        """``{"name": ..., **options}`` as ``fit(objective=...)`` takes it."""
+        return {"name": self.name, **self.options}
+
+    def build(self):
+        """The Pyro ELBO object."""
+        with config_key("objective"):
+            return make_objective(self.spec(), self.num_particles)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | clipped-adam | adamw (pyro_vae.train.OPTIMIZERS)
+    lr: float = 1e-3
+    clip_norm: float | None = None  # clip each parameter's gradient norm to this (unset: no clipping)
+    # learning-rate schedule stepped once per epoch: exponential | step | cosine | plateau, by name or table,
+    # e.g. [optim.lr_schedule] name = "exponential"  gamma = 0.99   (unset: constant lr)
+    lr_schedule: Spec | None = None
+
+    def check(self) -> None:
+        with config_key("optim.name"):
+            OPTIMIZERS[self.name]
+        _require(self.lr > 0, "optim.lr", f"learning rate must be > 0, got {self.lr}")
+        if self.clip_norm is not None:
+            _require(self.clip_norm > 0, "optim.clip_norm", f"must be > 0, got {self.clip_norm}")
+        if self.lr_schedule is not None:
+            self.build(epochs=1)
+
+    def build(self, epochs: int):
+        """The ``pyro.optim`` optimiser (with its lr scheduler) for a run of ``epochs`` epochs."""
+        key = "optim.lr_schedule" if self.lr_schedule is not None else "optim"
+        with config_key(key):
+            return make_optimizer(self.name, self.lr, clip_norm=self.clip_norm, schedule=self.lr_schedule,
+                                  epochs=epochs)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60  # the default digits run takes ~10-20 s on 2 CPU cores
+    seed: int = 0  # seeds weights, data splits, minibatches and Monte Carlo draws
+    device: str = "cpu"  # "cuda", "cuda:1", "mps", ...: model and data are moved there
+    val_every: int = 1  # epochs between validation ELBO / KL / reconstruction evaluations
+    checkpoint_every: int = 5  # epochs between checkpoint.pt writes (0: only at the end); the last epoch always saves
+    early_stopping: int | None = None  # patience: validations without improvement before stopping (unset: off)
+    min_delta: float = 0.0  # improvement of the validation ELBO (nats) that resets the patience
+
+    def check(self) -> None:
+        if self.early_stopping is not None:
+            _require(self.early_stopping >= 1, "train.early_stopping",
+                     f"patience must be >= 1 validation, got {self.early_stopping}")
+        _require(self.epochs >= 0, "train.epochs", f"must be >= 0, got {self.epochs}")
+        _require(self.val_every >= 1, "train.val_every", f"must be >= 1, got {self.val_every}")
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        with config_key("train.device"):
+            try:
+                torch.device(self.device)
+            except RuntimeError as err:
+                raise ValueError(f"not a torch device: {self.device!r} (try 'cpu' or 'cuda')") from err
+
+
+@dataclass
+class OutputConfig:
+    run_dir: str | None = None  # unset: runs/<source>-<prior>-<likelihood>-<timestamp>
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig,
+             "optim": OptimConfig, "train": TrainConfig, "output": OutputConfig}
+
+
+@dataclass
+class Config:
+    """A whole run: data, model, objective, optimiser, training and output settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Config":
+        """Validate a nested dict (as read from TOML); missing keys take their defaults."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a config is a table of sections, got {type(raw).__name__}")
+        sections = {}
+        for name, value in raw.items():
+            if name not in _SECTIONS:
+                raise ConfigError(f"unknown section {name!r}; valid sections are {', '.join(_SECTIONS)}."
+                                  + did_you_mean(name, _SECTIONS))
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: must be a table ([{name}]), got {_kind(value)}")
+            sections[name] = _section(name, _SECTIONS[name], value)
+        config = cls(**sections)
+        for part in _parts(config):
+            check = getattr(part, "check", None)
+            if check is not None:
+                check()
+        return config
+
+    def to_dict(self) -> dict:
+        """Nested plain dict; unset (None) values are left out, as TOML has no null."""
+        out = {}
+        for name, part in zip(_SECTIONS, _parts(self)):
+            table = {k: _plain(v) for k, v in dataclasses.asdict(part).items() if v is not None}
+            extra = getattr(part, "_extra", None)
+            if extra:
+                table.update(table.pop(extra))
+            out[name] = table
+        return out
+
+    def to_toml(self) -> str:
+        """TOML text that :func:`load_config` reads back into an equal ``Config``."""
+        return _toml_document(self.to_dict())
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_toml(), encoding="utf-8")
+        return path
+
+
+def _parts(config: Config) -> list:
+    return [getattr(config, name) for name in _SECTIONS]
+
+
+# --------------------------------------------------------------------------- reading and checking
+
+def load_config(path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a directory; pass a .toml file")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    try:
+        return Config.from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def apply_overrides(config: Config, overrides: dict) -> Config:
+    """A new ``Config`` with dotted keys set, e.g. ``{"model.latent_dim": 4, "model.net.hidden": [400]}``.
+
+    A key below a component given by name (``model.prior.n_components`` while
+    ``prior = "mog"``) turns it into a table; setting the component itself
+    (``model.prior = "vamp"``) replaces its options, and a bare section name with
+    a table (``{"objective": {"name": "iwae"}}``) replaces that section. Keys
+    apply in order.
+    """
+    raw = config.to_dict()
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) < 2 and not isinstance(value, dict):  # a whole section takes a table
+            raise ConfigError(f"override {key!r} must be a dotted key such as 'model.latent_dim'")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif isinstance(child, str) and depth == 1:  # a component given by name
+                child = node[part] = {"name": child}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[:depth + 1])} is {_kind(child)}, not a table")
+            node = child
+        node[parts[-1]] = value
+    return Config.from_dict(raw)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _section(name: str, cls, values: dict):
+    extra = getattr(cls, "_extra", None)
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.name != extra]
+    kwargs = {extra: {}} if extra else {}
+    for key, value in values.items():
+        full = f"{name}.{key}"
+        if extra and key not in known:  # checked against the chosen component's options later
+            kwargs[extra][key] = _plain(value)
+            continue
+        if key not in hints:
+            raise ConfigError(f"unknown key {full!r}; valid keys of [{name}] are {', '.join(known)}."
+                              + _suggest(name, key, known))
+        kwargs[key] = _coerce(full, value, hints[key])
+    return cls(**kwargs)
+
+
+def _suggest(section: str, key: str, known) -> str:
+    """`` Did you mean 'model.latent_dim'?`` (matched on the bare key, shown in full)."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f" Did you mean {section + '.' + close[0]!r}?" if close else ""
+
+
+def _coerce(key: str, value, hint):
+    """Check ``value`` against a field type (bool, int, float, str, X | None, Spec); ints pass as floats."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    if dict in options and isinstance(value, dict):  # a component table
+        if not isinstance(value.get("name"), str):
+            raise ConfigError(f"{key}: a table needs a string 'name' key, e.g. {{name = \"mlp\"}}; "
+                              f"got keys {sorted(value)}")
+        return {k: _plain(v) for k, v in value.items()}
+    for kind in options:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    wanted = " or ".join(_TYPE_NAMES[k] for k in options if k is not type(None))
+    raise ConfigError(f"{key}: expected {wanted}, got {_kind(value)} {value!r}")
+
+
+_TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+               dict: "a table {name = ..., options}"}
+
+
+def _plain(value):
+    """Tuples -> lists, recursively, so configs compare equal to what TOML reads back."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------- a small TOML writer
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        text = repr(value)  # 'inf', 'nan', '1e-05' and '0.001' are all valid TOML floats
+        return text if any(c in text for c in ".eEn") else text + ".0"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} to TOML")
+
+
+def _toml_table(header: str, table: dict) -> list[str]:
+    """``[header]`` with its plain keys first, then its sub-tables (TOML requires that order)."""
+    lines = [f"[{header}]"]
+    subtables = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            subtables.append((key, value))
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in subtables:
+        lines += [""] + _toml_table(f"{header}.{_toml_key(key)}", value)
+    return lines
+
+
+def _toml_document(raw: dict) -> str:
+    lines = ["# pyro-vae run configuration (see pyro_vae/config.py for every key and default)"]
+    for name, table in raw.items():
+        lines += [""] + _toml_table(name, table)
+    return "\n".join(lines) + "\n"
