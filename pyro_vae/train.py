@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ._registry import Registry
 from .evaluate import elbo as evaluate_elbo
 from .objectives import KLSchedule, LatentScale, make_objective
+from .optim import MultiTensorOptim
 
 __all__ = ["FitResult", "EarlyStopping", "fit", "make_optimizer", "OPTIMIZERS", "LR_SCHEDULES",
            "sync_param_store", "as_tensors", "rng_state", "set_rng_state"]
@@ -54,15 +55,21 @@ LR_SCHEDULES.register("plateau", torch.optim.lr_scheduler.ReduceLROnPlateau,
                       doc="lr *= factor when the validation ELBO stalls for patience epochs",
                       target=torch.optim.lr_scheduler.ReduceLROnPlateau)
 _SCHEDULE_SKIP = {"optimizer", "last_epoch", "verbose"}
+# defaults for options torch requires, so that a schedule can be named alone (`--lr-schedule exponential`)
+_SCHEDULE_DEFAULTS = {"exponential": {"gamma": 0.98}, "step": {"step_size": 10, "gamma": 0.5}}
 
 
 def make_optimizer(name: str = "adam", lr: float = 1e-3, clip_norm: float | None = None, schedule=None,
-                   **options) -> pyro.optim.PyroOptim:
+                   epochs: int | None = None, **options) -> pyro.optim.PyroOptim:
     """A ``pyro.optim`` optimiser by name (``adam``, ``clipped-adam``, ``adamw``).
+
+    It is a :class:`~pyro_vae.optim.MultiTensorOptim`: one torch optimiser over
+    all parameters rather than Pyro's one per tensor (same update, fewer calls).
 
     ``clip_norm`` clips the gradient norm of each parameter tensor (Pyro's
     ``clip_args``). ``schedule`` (a name or ``{"name": "exponential", "gamma": 0.99}``)
-    wraps it in a ``pyro.optim`` learning-rate scheduler stepped once per epoch.
+    wraps it in a ``pyro.optim`` learning-rate scheduler stepped once per epoch;
+    ``cosine`` decays over ``epochs`` unless given ``T_max``.
     """
     if not lr > 0:
         raise ValueError(f"learning rate must be > 0, got {lr!r}")
@@ -72,13 +79,27 @@ def make_optimizer(name: str = "adam", lr: float = 1e-3, clip_norm: float | None
     args = {"lr": lr, **options}
     clip = {"clip_norm": clip_norm} if clip_norm is not None else None
     if schedule is None:
-        return pyro.optim.PyroOptim(optim_cls, args, clip)
+        return MultiTensorOptim(optim_cls, args, clip)
     sname, sopts = LR_SCHEDULES.split_spec(schedule)
     entry = LR_SCHEDULES[sname]
     bad = set(sopts) - (set(entry.options()) - _SCHEDULE_SKIP)
     if bad:
         LR_SCHEDULES.check_options(sname, {bad.pop(): None})
-    return pyro.optim.PyroLRScheduler(entry.factory, {"optimizer": optim_cls, "optim_args": args, **sopts}, clip)
+    sopts = {**_SCHEDULE_DEFAULTS.get(sname, {}), **sopts}
+    if sname == "cosine" and "T_max" not in sopts:
+        if epochs is None:
+            raise ValueError("lr schedule 'cosine' needs T_max (epochs to decay over)")
+        sopts["T_max"] = int(epochs)
+    return MultiTensorOptim(optim_cls, args, clip, scheduler=(entry.factory, sopts))
+
+
+def _schedulers(optim) -> list:
+    """The torch lr schedulers inside a pyro optimiser (ours, or Pyro's PyroLRScheduler)."""
+    if isinstance(optim, MultiTensorOptim):
+        return [optim.scheduler] if optim.scheduler is not None else []
+    if isinstance(optim, pyro.optim.PyroLRScheduler):
+        return list(optim.optim_objs.values())
+    return []
 
 
 # ----------------------------------------------------------------------------- results and state
@@ -178,6 +199,8 @@ def sync_param_store(vae) -> None:
 
 
 def _current_lr(optim) -> float | None:
+    if isinstance(optim, MultiTensorOptim):
+        return optim.lr
     for opt in getattr(optim, "optim_objs", {}).values():
         opt = getattr(opt, "optimizer", opt)  # a scheduler wraps its optimiser
         return float(opt.param_groups[0]["lr"])
@@ -242,11 +265,7 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
     steps_per_epoch = math.ceil(n / batch)
 
     if isinstance(optimizer, str):
-        if lr_schedule is not None:
-            sname, sopts = LR_SCHEDULES.split_spec(lr_schedule)
-            if sname == "cosine" and "T_max" not in sopts:
-                lr_schedule = {"name": sname, **sopts, "T_max": epochs}  # decay over the whole run
-        optim = make_optimizer(optimizer, lr, clip_norm=clip_norm, schedule=lr_schedule)
+        optim = make_optimizer(optimizer, lr, clip_norm=clip_norm, schedule=lr_schedule, epochs=epochs)
     else:
         optim = optimizer
     loss = make_objective(objective, num_particles, getattr(vae, "max_plate_nesting", None))
@@ -303,14 +322,12 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
                 record["best"] = improved
                 if improved:
                     best_state = copy.deepcopy(vae.state_dict())
-        if isinstance(optim, pyro.optim.PyroLRScheduler):
-            plateau = isinstance(next(iter(optim.optim_objs.values()), None),
-                                 torch.optim.lr_scheduler.ReduceLROnPlateau)
-            if plateau:
-                if validate or val_data is None:
-                    optim.step(-record.get("val_elbo", record["train_elbo"]))
-            else:
-                optim.step()
+        schedulers = _schedulers(optim)
+        if schedulers and isinstance(schedulers[0], torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if validate or val_data is None:
+                optim.step(-record.get("val_elbo", record["train_elbo"]))
+        elif schedulers:
+            optim.step()
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         if on_epoch_end is not None:

@@ -1,0 +1,350 @@
+"""Training speed of pyro_vae against a hand-written PyTorch VAE of the same architecture.
+
+Both run in one process, interleaved in blocks, on the same minibatches:
+
+* step: median time of one optimisation step (library: ``SVI.step`` on the
+  VAE's Pyro model and guide; reference: loss, backward, ``Adam.step``);
+* epoch: one full pass over MNIST-sized data (60000 x 784 by default) with the
+  data pipeline included: a fresh dynamic binarisation, a permutation, slicing
+  (library: ``pyro_vae.fit``; reference: the equivalent plain loop);
+* peak RSS of a training run, each implementation in its own subprocess.
+
+The reference lives here only. It uses the closed-form Gaussian KL, as the
+figures in ANCHORS.md do; the library's default objective is Pyro's
+``Trace_ELBO`` with a Monte Carlo KL.
+
+    python benchmarks/bench_train.py                 # all cases, writes benchmarks/results/train.{json,md}
+    python benchmarks/bench_train.py --quick         # tiny sizes, seconds (run by the test suite)
+    python benchmarks/bench_train.py --cases b128,tiny --repeats 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pyro
+from pyro.infer import SVI
+
+from pyro_vae import VAE, fit
+from pyro_vae.objectives import make_objective
+from pyro_vae.train import make_optimizer
+
+HERE = Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------- the hand-written reference
+class Reference(nn.Module):
+    """Encoder/decoder of the same shapes as pyro_vae's MLP or conv nets, with a hand-written loss."""
+
+    def __init__(self, vae: VAE, likelihood: str, k: int = 1):
+        super().__init__()
+        self.kind, self.k = likelihood, k
+        self.data_shape = vae.data_shape
+        d, z = math.prod(vae.data_shape), vae.latent_dim
+        enc, dec = vae.encoder, vae.decoder
+        if hasattr(enc, "conv"):  # conv nets: same layers as pyro_vae.nets.ConvEncoder/ConvDecoder
+            self.enc_conv = nn.Sequential(*[type(m)(*_args(m)) if isinstance(m, nn.Conv2d) else nn.ReLU()
+                                            for m in enc.conv])
+            self.enc_head = _mlp([m.in_features for m in enc.head.layers] + [2 * z], nn.ReLU)
+            self.dec_head = _mlp([m.in_features for m in dec.head.layers] + [dec.head.layers[-1].out_features],
+                                 nn.ReLU)
+            self.start = dec.start
+            self.deconvs = nn.ModuleList(nn.ConvTranspose2d(m.in_channels, m.out_channels, 4, 2, 1)
+                                         for m in dec.deconvs)
+            self.sizes = dec.sizes
+        else:
+            sizes = [m.in_features for m in enc.net.layers]
+            self.enc = _mlp(sizes + [2 * z], nn.Softplus)
+            self.dec = _mlp([m.in_features for m in dec.net.layers] + [dec.net.layers[-1].out_features], nn.Softplus)
+        if likelihood == "normal":
+            self.log_scale = nn.Parameter(torch.zeros(d))
+        if likelihood == "negative-binomial":
+            self.raw_r = nn.Parameter(torch.zeros(d))
+
+    def encode(self, x):
+        if hasattr(self, "enc_conv"):
+            h = self.enc_head(self.enc_conv(x).flatten(1))
+        else:
+            h = self.enc(x.flatten(1))
+        loc, raw = h.chunk(2, -1)
+        return loc, F.softplus(raw) + 1e-4
+
+    def decode(self, z):
+        if hasattr(self, "enc_conv"):
+            h = F.relu(self.dec_head(z).reshape(-1, *self.start))
+            for i, deconv in enumerate(self.deconvs):
+                h = deconv(h, output_size=self.sizes[i + 1])
+                if i < len(self.deconvs) - 1:
+                    h = F.relu(h)
+            return h.flatten(1)
+        return self.dec(z)
+
+    def log_lik(self, out, x):
+        x = x.flatten(1)
+        if self.kind == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
+        if self.kind == "normal":
+            scale = F.softplus(self.log_scale) + 1e-4
+            return (-0.5 * ((x - out) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        mu, r = F.softplus(out) + 1e-8, F.softplus(self.raw_r) + 1e-8  # negative binomial
+        return (torch.lgamma(x + r) - torch.lgamma(r) - torch.lgamma(x + 1) + r * (r.log() - (r + mu).log())
+                + x * (mu.log() - (r + mu).log())).sum(-1)
+
+    def loss(self, x, num_data):
+        loc, scale = self.encode(x)
+        if self.k == 1:
+            z = loc + scale * torch.randn_like(scale)
+            kl = (0.5 * (scale ** 2 + loc ** 2 - 1) - scale.log()).sum(-1)
+            elbo = self.log_lik(self.decode(z), x) - kl
+            return -elbo.sum() * num_data / x.shape[0]
+        eps = torch.randn((self.k,) + scale.shape)
+        z = loc + scale * eps
+        log_q = (-0.5 * eps ** 2 - scale.log()).sum(-1)
+        log_p = (-0.5 * z ** 2).sum(-1)
+        out = self.decode(z.reshape(-1, z.shape[-1])).reshape(self.k, x.shape[0], -1)
+        log_w = self.log_lik(out, x.flatten(1)) + log_p - log_q
+        iwae = torch.logsumexp(log_w, 0) - math.log(self.k)
+        return -iwae.sum() * num_data / x.shape[0]
+
+
+def _args(conv: nn.Conv2d):
+    return conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding
+
+
+def _mlp(sizes, act):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+def _n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------- cases
+CASES = {
+    # name: (data, likelihood, net spec, latent dim, batch, objective, particles)
+    "b128": ("binary", "bernoulli", {"name": "mlp", "hidden": [400]}, 50, 128, "elbo", 1),
+    "b1024": ("binary", "bernoulli", {"name": "mlp", "hidden": [400]}, 50, 1024, "elbo", 1),
+    "tiny": ("binary", "bernoulli", {"name": "mlp", "hidden": [16]}, 2, 32, "elbo", 1),
+    "conv": ("image", "bernoulli", {"name": "conv"}, 16, 128, "elbo", 1),
+    "meanfield": ("binary", "bernoulli", {"name": "mlp", "hidden": [400]}, 50, 128, "meanfield", 1),
+    "iwae5": ("binary", "bernoulli", {"name": "mlp", "hidden": [400]}, 50, 128, "iwae", 5),
+    "normal": ("grey", "normal", {"name": "mlp", "hidden": [400]}, 50, 128, "elbo", 1),
+    "nb-counts": ("counts", "negative-binomial", {"name": "mlp", "hidden": [400]}, 10, 128, "elbo", 1),
+}
+
+
+def make_data(kind: str, n: int, d: int = 784):
+    g = torch.Generator().manual_seed(0)
+    if kind == "counts":
+        return torch.poisson(5 * torch.rand(n, d, generator=g)), (d,)
+    x = torch.rand(n, d, generator=g)
+    if kind == "image":
+        return x.reshape(n, 1, 28, 28), (1, 28, 28)
+    return x, (d,)
+
+
+def build(case: str):
+    kind, lik, net, z, batch, objective, k = CASES[case]
+    spec = {"name": "normal", "scale": "feature"} if lik == "normal" else lik
+    data_shape = (1, 28, 28) if kind == "image" else (784,)
+    torch.manual_seed(0)
+    vae = VAE(data_shape, latent_dim=z, likelihood=spec, net=net)
+    ref = Reference(vae, lik, k=k if objective == "iwae" else 1)
+    n_lib, n_ref = _n_params(vae), _n_params(ref)
+    assert n_lib == n_ref, f"{case}: library has {n_lib} parameters, reference {n_ref}"
+    return vae, ref, batch, objective, k
+
+
+def _binarise(kind, x):
+    return torch.bernoulli(x) if kind in ("binary", "image") else x
+
+
+# ----------------------------------------------------------------------------- measurements
+def step_times(case: str, n_data: int, repeats: int, block: int):
+    kind = CASES[case][0]
+    vae, ref, batch, objective, k = build(case)
+    x, _ = make_data(kind, n_data)
+    x = _binarise(kind, x)
+    pyro.clear_param_store()
+    svi = SVI(vae.model, vae.guide, make_optimizer("adam", 1e-3), make_objective(objective, k, 1))
+    opt = torch.optim.Adam(ref.parameters(), 1e-3, foreach=True)
+
+    def lib(idx):
+        svi.step(x[idx], idx=idx, num_data=n_data)
+
+    def hand(idx):
+        opt.zero_grad(set_to_none=True)
+        ref.loss(x[idx], n_data).backward()
+        opt.step()
+
+    times = {"lib": [], "ref": []}
+    g = torch.Generator().manual_seed(1)
+    for r in range(repeats + 2):  # two warm-up rounds
+        idx = torch.randint(0, n_data, (batch,), generator=g)
+        for name, fn in (("lib", lib), ("ref", hand)) if r % 2 == 0 else (("ref", hand), ("lib", lib)):
+            for _ in range(block):
+                t = time.perf_counter()
+                fn(idx)
+                if r >= 2:
+                    times[name].append(time.perf_counter() - t)
+    lib_ms, ref_ms = (statistics.median(times[k]) * 1e3 for k in ("lib", "ref"))
+    return {"lib_step_ms": lib_ms, "ref_step_ms": ref_ms, "step_ratio": lib_ms / ref_ms,
+            "lib_steps_per_s": 1e3 / lib_ms, "ref_steps_per_s": 1e3 / ref_ms}
+
+
+def epoch_times(case: str, n_data: int, rounds: int):
+    kind = CASES[case][0]
+    vae, ref, batch, objective, k = build(case)
+    x, _ = make_data(kind, n_data)
+    transform = torch.bernoulli if kind in ("binary", "image") else None
+    opt = torch.optim.Adam(ref.parameters(), 1e-3, foreach=True)
+
+    def lib_epoch():
+        pyro.clear_param_store()
+        fit(vae, x, epochs=1, batch_size=batch, objective=objective, num_particles=k, seed=None,
+            train_transform=transform, progress=False)
+
+    def ref_epoch():
+        xe = transform(x) if transform else x
+        perm = torch.randperm(n_data)
+        for lo in range(0, n_data, batch):
+            idx = perm[lo:lo + batch]
+            opt.zero_grad(set_to_none=True)
+            ref.loss(xe[idx], n_data).backward()
+            opt.step()
+
+    times = {"lib": [], "ref": []}
+    for r in range(rounds):
+        for name, fn in (("lib", lib_epoch), ("ref", ref_epoch)) if r % 2 == 0 else (("ref", ref_epoch),
+                                                                                       ("lib", lib_epoch)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    lib_s, ref_s = min(times["lib"]), min(times["ref"])
+    return {"lib_epoch_s": lib_s, "ref_epoch_s": ref_s, "epoch_ratio": lib_s / ref_s}
+
+
+def peak_rss(case: str, n_data: int, steps: int):
+    """Peak RSS (MiB) of a short training run per implementation, each in a fresh process."""
+    out = {}
+    for impl in ("lib", "ref"):
+        done = subprocess.run([sys.executable, __file__, "--rss-child", impl, case, str(n_data), str(steps)],
+                              capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr)
+        out[f"{impl}_peak_rss_mib"] = float(done.stdout.strip().splitlines()[-1])
+    out["rss_ratio"] = out["lib_peak_rss_mib"] / out["ref_peak_rss_mib"]
+    return out
+
+
+def _rss_child(impl: str, case: str, n_data: int, steps: int) -> None:
+    kind = CASES[case][0]
+    vae, ref, batch, objective, k = build(case)
+    x, _ = make_data(kind, n_data)
+    transform = torch.bernoulli if kind in ("binary", "image") else None
+    epochs = max(1, math.ceil(steps * batch / n_data))
+    if impl == "lib":
+        fit(vae, x, epochs=epochs, batch_size=batch, objective=objective, num_particles=k, progress=False,
+            train_transform=transform)
+    else:
+        opt = torch.optim.Adam(ref.parameters(), 1e-3, foreach=True)
+        for _ in range(epochs):
+            xe = transform(x) if transform else x
+            perm = torch.randperm(n_data)
+            for lo in range(0, n_data, batch):
+                idx = perm[lo:lo + batch]
+                opt.zero_grad(set_to_none=True)
+                ref.loss(xe[idx], n_data).backward()
+                opt.step()
+    print(_vm_hwm_mib())
+
+
+def _vm_hwm_mib() -> float:
+    """This process's peak RSS. ru_maxrss would do, but Linux carries it over fork+exec from the parent;
+    VmHWM belongs to the new address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- report
+def markdown(rows: list[dict], meta: dict) -> str:
+    head = ("| case | lib step (ms) | ref step (ms) | step ratio | lib epoch (s) | ref epoch (s) | epoch ratio "
+            "| lib RSS (MiB) | ref RSS (MiB) | RSS ratio |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    fmt = lambda r, k, f: format(r[k], f) if k in r else "-"  # noqa: E731
+    body = "".join(
+        f"| {r['case']} | {fmt(r, 'lib_step_ms', '.2f')} | {fmt(r, 'ref_step_ms', '.2f')} | "
+        f"{fmt(r, 'step_ratio', '.2f')} | {fmt(r, 'lib_epoch_s', '.2f')} | {fmt(r, 'ref_epoch_s', '.2f')} | "
+        f"{fmt(r, 'epoch_ratio', '.2f')} | {fmt(r, 'lib_peak_rss_mib', '.0f')} | {fmt(r, 'ref_peak_rss_mib', '.0f')} "
+        f"| {fmt(r, 'rss_ratio', '.2f')} |\n" for r in rows)
+    return f"torch {meta['torch']}, pyro {meta['pyro']}, {meta['threads']} threads, {meta['n_data']} points\n\n" \
+           + head + body
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
+    p.add_argument("--repeats", type=int, default=30, help="interleaved rounds of step timing")
+    p.add_argument("--block", type=int, default=5, help="steps per block within a round")
+    p.add_argument("--n-data", type=int, default=60000, help="points per epoch (MNIST-sized by default)")
+    p.add_argument("--no-epoch", action="store_true", help="skip the full-epoch timing")
+    p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--out", default=str(HERE / "results"), help="directory for train.json and train.md")
+    p.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        impl, case, n, steps = args.rss_child
+        _rss_child(impl, case, int(n), int(steps))
+        return 0
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        p.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
+    n_data = 512 if args.quick else args.n_data
+    repeats, block = (2, 2) if args.quick else (args.repeats, args.block)
+    rows = []
+    for case in cases:
+        row = {"case": case, **step_times(case, n_data, repeats, block)}
+        if not args.no_epoch:
+            row.update(epoch_times(case, n_data, 2 if args.quick else 4))
+        if not args.no_rss:
+            row.update(peak_rss(case, n_data, 20 if args.quick else 400))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    meta = {"torch": torch.__version__, "pyro": pyro.__version__, "threads": args.threads, "n_data": n_data,
+            "python": platform.python_version(), "quick": args.quick}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "train.md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The benchmark commands run end to end on tiny sizes, so they never rot (figures: benchmarks/RESULTS.md)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+CASES_RUN = ["tiny", "iwae5", "nb-counts"]  # one per code path (MLP/Bernoulli, IWAE reference, count likelihood)
+
+
+def test_training_benchmark_runs_and_reports_every_case(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--quick", "--cases",
+                           ",".join(CASES_RUN), "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "train.json").read_text())
+    assert [r["case"] for r in report["rows"]] == CASES_RUN
+    for row in report["rows"]:
+        for key in ("lib_step_ms", "ref_step_ms", "lib_epoch_s", "ref_epoch_s", "lib_peak_rss_mib",
+                    "ref_peak_rss_mib"):
+            assert row[key] > 0, (row["case"], key)
+        assert row["step_ratio"] == row["lib_step_ms"] / row["ref_step_ms"]
+    assert "| b128 |" in (tmp_path / "train.md").read_text()
