@@ -1,0 +1,122 @@
+"""Semi-supervised M2 on MNIST: test accuracy with 100 / 600 / 1000 / 3000 labels.
+
+The setting of Pyro's SS-VAE tutorial, whose accuracies (mean of 5 label
+splits) are the reference in ANCHORS.md: classifier 784-500-10, q(z|x,y)
+794-500-(50, 50), decoder 60-500-784, softplus, Bernoulli likelihood on grey
+MNIST, ``alpha = 46`` per labelled point, batch 200. The labels are balanced
+(``n / 10`` per class) and drawn from the 50,000 training images; the other
+10,000 of the official training set are the validation split, the official
+test set gives the reported accuracy. Training uses ``pyro_vae.train.fit`` on
+``(x, y)`` with ``y = -1`` for unlabelled images and ``objective="enum"``.
+
+Not part of the test suite (hours on 2 CPU cores)::
+
+    python benchmarks/bench_m2.py --epochs 10                       # all four label counts
+    python benchmarks/bench_m2.py --labels 100 --epochs 50 --seeds 0 1 2
+    python benchmarks/bench_m2.py --quick                           # digits, seconds: a smoke run
+
+MNIST is read from ``--data-dir`` (a torchvision root with ``MNIST/raw/*.gz``);
+by default the archives in ``../shared/data`` are copied to a temporary folder.
+Prints one JSON record per run and a table against the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pyro_vae.data import load_dataset
+from pyro_vae.hierarchical import SSVAE
+from pyro_vae.train import fit
+
+REFERENCE = {100: 0.9319, 600: 0.9437, 1000: 0.9487, 3000: 0.9582}  # ANCHORS.md, Pyro's SS-VAE tutorial
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def balanced_labels(y: torch.Tensor, n_labels: int, n_classes: int, seed: int) -> torch.Tensor:
+    """``y`` with all but ``n_labels / n_classes`` random points per class set to -1."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.full_like(y, -1)
+    per_class = n_labels // n_classes
+    for k in range(n_classes):
+        idx = (y == k).nonzero()[:, 0]
+        keep = idx[torch.randperm(len(idx), generator=g)[:per_class]]
+        out[keep] = k
+    return out
+
+
+def load(args):
+    if args.quick:
+        return load_dataset("digits", preprocess="scale", val_fraction=0.1, test_fraction=0.25, seed=0)
+    root = args.data_dir
+    if root is None:
+        root = tempfile.mkdtemp(prefix="bench_m2_")
+        shutil.copytree(SHARED / "MNIST" / "raw", Path(root) / "MNIST" / "raw")
+    return load_dataset("mnist", data_dir=root, download=True, preprocess="scale", val_fraction=1 / 6, seed=0)
+
+
+def run(data, n_labels: int, seed: int, args) -> dict:
+    torch.manual_seed(seed)
+    y = balanced_labels(data.train_labels, n_labels, 10, seed)
+    hidden = [args.hidden]
+    m2 = SSVAE(data.data_shape, latent_dim=args.latent_dim, n_classes=10, likelihood="bernoulli",
+               net={"name": "mlp", "hidden": hidden}, classifier_hidden=hidden, alpha=args.alpha)
+    curve = []
+
+    def on_epoch_end(record, snapshot):
+        if record["epoch"] % args.eval_every == 0 or record["epoch"] == args.epochs:
+            curve.append((record["epoch"], round(m2.accuracy(data.val, data.val_labels), 4)))
+            print(f"  labels={n_labels} seed={seed} epoch {record['epoch']}: train ELBO "
+                  f"{record['train_elbo']:.2f}, val accuracy {curve[-1][1]:.4f}", flush=True)
+
+    start = time.perf_counter()
+    fit(m2, (data.train, y), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, objective="enum",
+        seed=seed, progress=False, on_epoch_end=on_epoch_end)
+    return {"labels": n_labels, "seed": seed, "epochs": args.epochs, "test_accuracy": m2.accuracy(data.test, data.test_labels),
+            "val_curve": curve, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--labels", type=int, nargs="+", default=[100, 600, 1000, 3000])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--alpha", type=float, default=46.0, help="classifier-loss weight per labelled point")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--latent-dim", type=int, default=50)
+    p.add_argument("--hidden", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between validation accuracies")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--quick", action="store_true", help="digits, 100 labels, 2 epochs, small nets")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.labels, args.epochs, args.hidden, args.latent_dim, args.eval_every = [100], 2, 64, 4, 1
+    torch.set_num_threads(args.threads)
+    data = load(args)
+    print(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test; "
+          f"torch {torch.__version__}, {args.threads} threads", flush=True)
+    results = []
+    for n in args.labels:
+        for seed in args.seeds:
+            res = run(data, n, seed, args)
+            print(json.dumps(res), flush=True)
+            results.append(res)
+    print("\n| labels | epochs | test accuracy (mean over seeds) | reference (Pyro tutorial) |")
+    print("|---|---|---|---|")
+    for n in args.labels:
+        accs = [r["test_accuracy"] for r in results if r["labels"] == n]
+        print(f"| {n} | {args.epochs} | {sum(accs) / len(accs):.4f} ({len(accs)} seeds) | {REFERENCE.get(n, float('nan'))} |")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

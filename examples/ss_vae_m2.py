@@ -1,0 +1,123 @@
+"""Semi-supervised MNIST with M2 (Kingma et al. 2014): 100 and 3000 labels, the rest unlabelled.
+
+M2 adds a discrete label site to the VAE and lets Pyro enumerate it::
+
+    model:  y ~ Cat(1/10),  z ~ N(0, I),  x ~ Bernoulli(decoder(z, y))   (+ alpha log q(y|x), labelled)
+    guide:  y ~ q(y | x) enumerated exactly,  z ~ q(z | x, y)
+
+The training data are ``(x, y)`` with ``y = -1`` for unlabelled images, fitted
+by ``pyro_vae.fit`` with ``objective="enum"`` (``TraceEnum_ELBO``). Each label
+count is compared with the same classifier network trained on the labelled
+images alone.
+
+Usage::
+
+    python examples/ss_vae_m2.py                          # MNIST, 100 and 3000 labels, 10 epochs each
+    python examples/ss_vae_m2.py --labels 100 --epochs 50
+    python examples/ss_vae_m2.py --smoke                  # digits, 10 labels per class, seconds
+
+MNIST comes from ``--data-dir`` or the archives in ``../shared/data`` (copied
+to a temporary folder); without either the embedded 8x8 digits are used. See
+``benchmarks/bench_m2.py`` for the 100/600/1000/3000-label table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+from pyro.nn import DenseNN
+
+from pyro_vae import fit
+from pyro_vae.data import load_dataset
+from pyro_vae.hierarchical import SSVAE
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
+
+
+def load_images(dataset: str, data_dir):
+    """MNIST from ``data_dir`` or the shared archives (copied to a temporary root), else the digits."""
+    if dataset == "mnist" and data_dir is None and SHARED_MNIST.is_dir():
+        data_dir = tempfile.mkdtemp(prefix="pyro_vae_mnist_")
+        shutil.copytree(SHARED_MNIST, Path(data_dir) / "MNIST" / "raw")
+    if dataset == "mnist" and data_dir is None:
+        print("MNIST not found (pass --data-dir); using the embedded digits")
+        dataset = "digits"
+    return load_dataset(dataset, data_dir=data_dir, download=data_dir is not None, preprocess="scale", seed=0)
+
+
+def keep_labels(y: torch.Tensor, n_labels: int, seed: int = 0) -> torch.Tensor:
+    """``y`` with all but ``n_labels / 10`` random images per class marked unlabelled (-1)."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.full_like(y, -1)
+    for k in range(10):
+        idx = (y == k).nonzero()[:, 0]
+        keep = idx[torch.randperm(len(idx), generator=g)[: n_labels // 10]]
+        out[keep] = k
+    return out
+
+
+def supervised_baseline(x, y, hidden, steps: int = 500) -> DenseNN:
+    """The M2 classifier's network, trained by cross-entropy on the labelled images alone."""
+    net = DenseNN(x[0].numel(), hidden, param_dims=[10], nonlinearity=torch.nn.Softplus())
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    flat = x.reshape(len(x), -1)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(net(flat), y).backward()
+        opt.step()
+    return net
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--labels", type=int, nargs="+", default=[100, 3000])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--alpha", type=float, default=46.0, help="classifier-loss weight per labelled image")
+    p.add_argument("--smoke", action="store_true", help="digits, 100 labels, small networks, 10 epochs")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.dataset, args.labels, args.epochs = "digits", [100], 10
+        torch.set_num_threads(1)  # tiny networks: one thread is fastest, and far faster on a busy machine
+    pyro.set_rng_seed(0)
+    data = load_images(args.dataset, args.data_dir)
+    hidden = [128] if args.smoke else [500]
+    latent = 4 if args.smoke else 50
+    print(f"{data.name}: {len(data.train)} training images, test accuracy on {len(data.test)}")
+
+    results = {}
+    for n_labels in args.labels:
+        y = keep_labels(data.train_labels, n_labels)
+        m2 = SSVAE(data.data_shape, latent_dim=latent, classifier_hidden=hidden, net={"name": "mlp", "hidden": hidden},
+                   alpha=args.alpha, name=f"m2_{n_labels}")
+        fit(m2, (data.train, y), epochs=args.epochs, batch_size=200, lr=1e-3 if not args.smoke else 3e-3,
+            objective="enum", progress=not args.smoke)
+        acc = m2.accuracy(data.test, data.test_labels)
+        labelled = y >= 0
+        base = supervised_baseline(data.train[labelled], y[labelled], hidden)
+        with torch.no_grad():
+            base_acc = (base(data.test.reshape(len(data.test), -1)).argmax(-1) == data.test_labels).float().mean().item()
+        results[n_labels] = (acc, base_acc)
+        print(f"{n_labels:5d} labels: M2 test accuracy {acc:.4f}  (classifier on the labels alone: {base_acc:.4f}); "
+              f"{args.epochs} epochs")
+        samples = m2.sample(10, y=torch.arange(10))
+        assert samples.shape == (10, *data.data_shape)
+
+    # Measured on MNIST with 100 labels (benchmarks/bench_m2.py, lr 1e-3): validation accuracy 0.57-0.64 from
+    # epoch 2 to 20, test 0.589 after 20; below the tutorial (0.93) and this network on the labels alone (0.74).
+    # The objective's values and gradients equal the explicit sum (tests/test_hierarchical_m2.py), so the gap
+    # is in the training setup; an open problem. Hence no "M2 beats the labels alone" check here.
+    for n_labels, (acc, _) in results.items():
+        assert acc > (0.3 if args.smoke else 0.5), f"M2 with {n_labels} labels is near chance: {acc:.3f}"
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Conditional VAE (Sohn et al. 2015): every part of the VAE sees a conditioning tensor ``c``.
+
+::
+
+    model:  z_n ~ p(z | c_n),  x_n ~ p(x | decoder(z_n, c_n))
+    guide:  z_n ~ q(z | x_n, c_n)
+
+``c`` is a one-hot label (class-conditional generation), a masked image (the
+quadrant-completion task of Sohn et al.: condition on the observed quadrants,
+generate the others) or any tensor. The prior is a
+:class:`~pyro_vae.hierarchical.parts.ConditionalNormal` by default; any other
+prior works too and then ignores ``c``.
+
+References:
+    1. Sohn, Lee & Yan (2015), Learning Structured Output Representation using Deep
+       Conditional Generative Models.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import Predictive
+
+from ..priors import VampPrior, make_prior
+from .parts import ConditionalNormal, ContextDecoder, ContextEncoder, DataModel, _shape, one_hot
+
+__all__ = ["CVAE", "quadrant_task", "fill_hidden"]
+
+
+class CVAE(DataModel):
+    """``p(x | z, c) p(z | c)`` with guide ``q(z | x, c)``.
+
+    Args:
+        data_shape: shape of one ``x``.
+        context_shape: shape of one ``c`` (int or tuple). Give this or ``n_classes``.
+        n_classes: ``c`` is an integer label, one-hot encoded inside (context size ``n_classes``);
+            a float tensor of shape ``[B, n_classes]`` is accepted as is.
+        latent_dim: size of ``z``.
+        prior: ``"conditional"`` (default) or ``{"name": "conditional", "hidden": [...]}`` for
+            ``p(z | c) = ConditionalNormal``; any other prior spec gives a ``p(z)`` that ignores ``c``.
+        likelihood: ``p(x | z, c)``.
+        net: family of ``q(z | x, c)`` (dense) and of the decoder (any).
+        encoder, decoder: net specs or modules overriding ``net`` for one side.
+        name: prefix in Pyro's param store.
+
+    Call ``model(x, c, idx, num_data)``; ``model(c=c)`` with ``x=None`` generates.
+    """
+
+    inputs = ("x", "c")
+    latent_sites = ("z",)
+
+    def __init__(self, data_shape, context_shape=None, latent_dim: int = 10, n_classes: int | None = None,
+                 prior="conditional", likelihood="bernoulli", net="mlp", encoder=None, decoder=None,
+                 name: str = "cvae"):
+        super().__init__()
+        self._setup_data(data_shape, likelihood, name)
+        if (context_shape is None) == (n_classes is None):
+            raise ValueError("give exactly one of context_shape (any conditioning tensor) or n_classes (labels)")
+        self.n_classes = None if n_classes is None else int(n_classes)
+        self.context_shape = (self.n_classes,) if n_classes is not None else _shape(context_shape)
+        self.latent_dim = int(latent_dim)
+        self.encoder = ContextEncoder(net if encoder is None else encoder, self.data_shape, self.context_shape,
+                                      self.latent_dim)
+        self.decoder = ContextDecoder(net if decoder is None else decoder, self.latent_dim, self.context_shape,
+                                      self.data_shape, self.likelihood.n_params)
+        name_ = prior if isinstance(prior, str) else prior.get("name") if isinstance(prior, dict) else None
+        if name_ == "conditional":
+            options = {k: v for k, v in prior.items() if k != "name"} if isinstance(prior, dict) else {}
+            options.setdefault("hidden", (256,))
+            self.prior = ConditionalNormal(self.latent_dim, self.context_shape, **options)
+        else:
+            self.prior = make_prior(prior, self.latent_dim, self.data_shape)
+            if isinstance(self.prior, VampPrior):
+                raise ValueError("the VampPrior needs an encoder of x alone; the CVAE's encoder is q(z | x, c)")
+        self.prior.setup(self)
+
+    def context(self, c) -> torch.Tensor:
+        """``c`` as the float tensor the networks see: labels one-hot encoded, shape checked."""
+        if c is None:
+            raise ValueError("the CVAE needs its conditioning tensor c")
+        c = c.to(self._device())
+        if self.n_classes is not None and not c.is_floating_point():
+            if c.dim() != 1 or bool(((c < 0) | (c >= self.n_classes)).any()):
+                raise ValueError(f"labels c must be a [B] tensor with values in 0..{self.n_classes - 1}")
+            return one_hot(c, self.n_classes)
+        if tuple(c.shape[1:]) != self.context_shape:
+            raise ValueError(f"context c of shape {list(c.shape)} does not match the model: expected "
+                             f"[B, {', '.join(map(str, self.context_shape))}]")
+        return c
+
+    # ----------------------------------------------------------------- Pyro programs
+    def model(self, x=None, c=None, idx=None, num_data=None, n=None):
+        """``z ~ p(z | c)``, ``x ~ p(x | decoder(z, c))``."""
+        pyro.module(self.name, self)
+        c = self.context(c)
+        with self._plate(x, idx, num_data, c.shape[0] if x is None else n):
+            z = pyro.sample("z", self.prior(context=c))
+            return pyro.sample("x", self.likelihood(self.decoder(z, c)), obs=x)
+
+    def guide(self, x=None, c=None, idx=None, num_data=None, n=None):
+        """``z ~ q(z | x, c)``."""
+        pyro.module(self.name, self)
+        if x is None:
+            raise ValueError("the guide needs data x")
+        c = self.context(c)
+        with self._plate(x, idx, num_data, n):
+            return pyro.sample("z", dist.Normal(*self.encoder(x, c)).to_event(1))
+
+    # ----------------------------------------------------------------- fitted-model API
+    @torch.no_grad()
+    def encode(self, x, c):
+        """``(loc, scale)`` of ``q(z | x, c)``, each ``[B, latent_dim]``."""
+        self.check_data(x, support=False)
+        return self.encoder(x.to(self._device()), self.context(c))
+
+    @torch.no_grad()
+    def decode(self, z, c, mean: bool = True):
+        """``E[x | z, c]`` (``mean=True``) or a draw; ``z: [*b, latent_dim]``, ``c`` broadcastable."""
+        params = self.decoder(z.to(self._device()), self.context(c))
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+
+    @torch.no_grad()
+    def sample(self, c, num_samples: int = 1, mean: bool = True):
+        """Generate for each context: ``z ~ p(z | c)``, then ``E[x | z, c]`` or ``x`` itself.
+
+        ``c``: ``[B]`` labels or ``[B, *context_shape]``. Returns ``[B, *data_shape]``, or
+        ``[num_samples, B, *data_shape]`` when ``num_samples > 1``.
+        """
+        draws = Predictive(self.model, num_samples=num_samples, return_sites=("z", "x"))(c=c)
+        out = self.decode(draws["z"], c) if mean else draws["x"]
+        return out[0] if num_samples == 1 else out
+
+
+# --------------------------------------------------------------------------- quadrant completion
+
+def _hidden_mask(height: int, width: int, n_observed: int) -> torch.Tensor:
+    """Hidden pixels as in Pyro's CVAE tutorial: 1 quadrant observed = bottom-left,
+    2 = the left half, 3 = all but the bottom-right quadrant."""
+    if n_observed not in (1, 2, 3):
+        raise ValueError(f"n_observed must be 1, 2 or 3 quadrants, got {n_observed}")
+    observed = torch.zeros(height, width, dtype=torch.bool)
+    h, w = height // 2, width // 2
+    observed[h:, :w] = True
+    if n_observed >= 2:
+        observed[:, :w] = True
+    if n_observed == 3:
+        observed[:h, :] = True
+    return ~observed
+
+
+def quadrant_task(images: torch.Tensor, n_observed: int, fill: float = -1.0):
+    """Sohn et al.'s MNIST completion task: ``(x_hidden, c_masked, hidden_mask)``.
+
+    ``images: [N, C, H, W]``. ``x_hidden: [N, n_hidden]`` are the pixels to generate
+    (the CVAE's data, ``data_shape=(n_hidden,)``), ``c_masked: [N, C, H, W]`` is the
+    image with the hidden pixels set to ``fill`` (the context), ``hidden_mask: [H, W]``.
+    """
+    mask = _hidden_mask(images.shape[-2], images.shape[-1], n_observed)
+    hidden = images[..., mask].reshape(images.shape[0], -1)
+    context = images.clone()
+    context[..., mask] = fill
+    return hidden, context, mask
+
+
+def fill_hidden(context: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Put generated pixels ``hidden: [*b, N, n_hidden]`` back into ``context: [N, C, H, W]``."""
+    out = context.expand(*hidden.shape[:-2], *context.shape).clone()
+    out[..., mask] = hidden.reshape(*hidden.shape[:-1], context.shape[-3], -1)
+    return out

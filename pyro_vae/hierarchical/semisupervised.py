@@ -1,0 +1,180 @@
+"""Semi-supervised VAE "M2" (Kingma et al. 2014): a discrete label site that Pyro enumerates.
+
+::
+
+    model:  y_n ~ Cat(1/K),  z_n ~ p(z),  x_n ~ p(x | decoder(z_n, y_n))
+            + alpha * log q(y_n | x_n)                   (labelled n only, a pyro.factor)
+    guide:  y_n ~ q(y | x_n) = Cat(classifier(x_n))      enumerated in parallel
+            z_n ~ q(z | x_n, y_n) = N(encoder(x_n, y_n))
+
+Labelled and unlabelled points share one minibatch and one ``"data"`` plate:
+the data are ``(x, y)`` with ``y = -1`` where the label is unknown, so
+:func:`~pyro_vae.train.fit` trains M2 like any other model. For a labelled
+point the guide's label distribution is the point mass at the known label
+(logits 0 there and -inf elsewhere). ``TraceEnum_ELBO`` sums over all K values
+of ``y`` weighted by ``q(y | x)`` and drops zero-weight terms, so the sum
+collapses to the observed-label ELBO ``-L(x, y)`` with zero entropy, while an
+unlabelled point gets the full ``-U(x) = sum_y q(y|x) (-L(x, y)) + H(q(y|x))``
+(Kingma et al. 2014, eq. 7-9). The plate's ``num_data / batch`` scale applies to
+both, and to the classification term, which is ``alpha`` per labelled point.
+
+Train with an enumerating objective: ``fit(m2, (x, y), objective="enum")`` or
+``objective=TraceEnum_ELBO(max_plate_nesting=1)``.
+
+References:
+    1. Kingma, Rezende, Mohamed & Welling (2014), Semi-Supervised Learning with Deep Generative Models.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import Predictive
+from pyro.nn import DenseNN
+
+from ..nets import make_activation
+from ..priors import VampPrior, make_prior
+from .parts import ContextDecoder, ContextEncoder, DataModel, one_hot
+
+__all__ = ["SSVAE"]
+
+
+class SSVAE(DataModel):
+    """M2: ``p(x | y, z) p(y) p(z)`` with guide ``q(y | x) q(z | x, y)``, ``y`` enumerated exactly.
+
+    Args:
+        data_shape: shape of one data point.
+        latent_dim: size of ``z``.
+        n_classes: number of labels ``K``.
+        prior: ``p(z)`` (object, name or dict; not ``"vamp"``, which needs an ``x``-only encoder).
+        likelihood: ``p(x | z, y)``.
+        net: family of ``q(z | x, y)`` (dense: ``"mlp"``/``"linear"``) and of the decoder (any).
+        classifier_hidden, activation: the classifier ``q(y | x)``, a :class:`~pyro.nn.DenseNN`.
+        encoder, decoder: net specs (or modules) overriding ``net`` for one side, e.g. a conv decoder.
+        alpha: weight of ``log q(y | x)`` per labelled point. Kingma et al. use
+            ``0.1 * N / N_labelled`` (their ``alpha = 0.1 N`` on the labelled mean);
+            Pyro's tutorial (the default) uses 46 for every label count.
+        name: prefix in Pyro's param store.
+
+    Call ``model(x, y, idx, num_data)`` / ``guide(...)`` with ``x: [B, *data_shape]`` and
+    ``y: [B]`` integer labels, ``-1`` for unlabelled points (``y=None``: all unlabelled).
+    """
+
+    inputs = ("x", "y")
+    latent_sites = ("y", "z")
+    max_plate_nesting = 1  # y is enumerated at dim -2, left of the data plate
+
+    def __init__(self, data_shape, latent_dim: int = 50, n_classes: int = 10, prior="normal",
+                 likelihood="bernoulli", net="mlp", classifier_hidden=(500,), activation: str = "softplus",
+                 alpha: float = 46.0, encoder=None, decoder=None, name: str = "m2"):
+        super().__init__()
+        self._setup_data(data_shape, likelihood, name)
+        if int(n_classes) < 2:
+            raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.latent_dim, self.n_classes, self.alpha = int(latent_dim), int(n_classes), float(alpha)
+        flat = math.prod(self.data_shape)
+        self.classifier = DenseNN(flat, [int(h) for h in classifier_hidden], param_dims=[self.n_classes],
+                                  nonlinearity=make_activation(activation))
+        self.encoder = ContextEncoder(net if encoder is None else encoder, self.data_shape, self.n_classes,
+                                      self.latent_dim)
+        self.decoder = ContextDecoder(net if decoder is None else decoder, self.latent_dim, self.n_classes,
+                                      self.data_shape, self.likelihood.n_params)
+        self.prior = make_prior(prior, self.latent_dim, self.data_shape)
+        if isinstance(self.prior, VampPrior):
+            raise ValueError("the VampPrior needs an encoder of x alone; M2's encoder is q(z | x, y)")
+        self.prior.setup(self)
+        self.register_buffer("_flat_logits", torch.zeros(self.n_classes), persistent=False)  # p(y) = 1/K
+
+    # ----------------------------------------------------------------- Pyro programs
+    def _logits(self, x):
+        return self.classifier(x.reshape(*x.shape[: x.dim() - len(self.data_shape)], -1))
+
+    def _labels(self, y, batch):
+        """``(labels clamped to >= 0, labelled mask)`` or ``(None, None)`` when nothing is labelled."""
+        if y is None:
+            return None, None
+        if y.shape != (batch,):
+            raise ValueError(f"labels y must have shape [{batch}] (one per point, -1 = unlabelled), got {list(y.shape)}")
+        if bool(((y < -1) | (y >= self.n_classes)).any()):
+            raise ValueError(f"labels must be in -1..{self.n_classes - 1} (-1 = unlabelled), found values in "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        labelled = y >= 0
+        return y.clamp(min=0).long(), labelled
+
+    def model(self, x=None, y=None, idx=None, num_data=None, n=None):
+        """``y ~ Cat(1/K)``, ``z ~ p(z)``, ``x ~ p(x | decoder(z, y))``; ``alpha log q(y|x)`` on labelled points."""
+        pyro.module(self.name, self)
+        batch = x.shape[0] if x is not None else n
+        labels, labelled = self._labels(y, batch)
+        with self._plate(x, idx, num_data, n):
+            # The guide pins y for labelled points and enumerates it for the others (see the module docstring).
+            y_site = pyro.sample("y", dist.Categorical(logits=self._flat_logits))
+            z = pyro.sample("z", self.prior())
+            params = self.decoder(z, one_hot(y_site, self.n_classes, z.dtype))
+            out = pyro.sample("x", self.likelihood(params), obs=x)
+            if x is not None and labelled is not None and self.alpha > 0:
+                log_q = self._logits(x).log_softmax(-1).gather(-1, labels[:, None])[:, 0]
+                pyro.factor("classifier", self.alpha * log_q * labelled)
+            return out
+
+    def guide(self, x=None, y=None, idx=None, num_data=None, n=None):
+        """``y ~ q(y | x)`` (enumerated; a point mass for labelled points), ``z ~ q(z | x, y)``."""
+        pyro.module(self.name, self)
+        if x is None:
+            raise ValueError("the guide needs data x")
+        labels, labelled = self._labels(y, x.shape[0])
+        with self._plate(x, idx, num_data, n):
+            logits = self._logits(x).log_softmax(-1)
+            if labelled is not None:
+                pinned = torch.full_like(logits, -math.inf).scatter(-1, labels[:, None], 0.0)
+                logits = torch.where(labelled[:, None], pinned, logits)
+            y_site = pyro.sample("y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+            loc, scale = self.encoder(x, one_hot(y_site, self.n_classes, x.dtype))
+            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # ----------------------------------------------------------------- fitted-model API
+    @torch.no_grad()
+    def predict_proba(self, x):
+        """``q(y | x)``, ``[B, n_classes]``."""
+        self.check_data(x, support=False)
+        return self._logits(x.to(self._device())).softmax(-1)
+
+    @torch.no_grad()
+    def classify(self, x):
+        """Most probable label under ``q(y | x)``, ``[B]``."""
+        return self.predict_proba(x).argmax(-1)
+
+    @torch.no_grad()
+    def accuracy(self, x, y, batch_size: int = 4096) -> float:
+        """Fraction of ``x`` whose :meth:`classify` equals ``y``."""
+        hits = sum(int((self.classify(x[i:i + batch_size]) == y[i:i + batch_size].to(self._device())).sum())
+                   for i in range(0, x.shape[0], batch_size))
+        return hits / x.shape[0]
+
+    @torch.no_grad()
+    def encode(self, x, y=None):
+        """``(loc, scale)`` of ``q(z | x, y)``; ``y`` defaults to :meth:`classify`."""
+        self.check_data(x, support=False)
+        x = x.to(self._device())
+        y = self.classify(x) if y is None else y.to(self._device())
+        return self.encoder(x, one_hot(y, self.n_classes, x.dtype))
+
+    @torch.no_grad()
+    def decode(self, z, y, mean: bool = True):
+        """``E[x | z, y]`` (``mean=True``) or a draw; ``z: [*b, latent_dim]``, ``y: [*b]``."""
+        params = self.decoder(z.to(self._device()), one_hot(y.to(self._device()), self.n_classes, z.dtype))
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+
+    @torch.no_grad()
+    def sample(self, n: int, y=None, mean: bool = True):
+        """``n`` draws of ``z ~ p(z)`` decoded with labels ``y: [n]`` (default: drawn from ``p(y)``)."""
+        model = self.model if y is None else poutine.condition(self.model, data={"y": y.to(self._device())})
+        draws = Predictive(model, num_samples=1, return_sites=("y", "z", "x"))(n=n)
+        labels = draws["y"][0] if y is None else y
+        return self.decode(draws["z"][0], labels) if mean else draws["x"][0]

@@ -1,0 +1,172 @@
+"""Stacked latent layers: a list of conditional-prior stages over one likelihood.
+
+::
+
+    model:  z_L ~ p(z_L),  z_l ~ N(z_l; stage_l(z_{l+1})) for l = L-1..1,  x ~ p(x | decoder(z_1))
+
+    guide, "bottom-up" (Burda et al. 2016):
+            z_1 ~ q(z_1 | x),  z_{l+1} ~ q(z_{l+1} | z_l)
+
+    guide, "ladder" (Sonderby et al. 2016):
+            deterministic upward pass  (m_1, s_1) = enc_1(x),  (m_{l+1}, s_{l+1}) = enc_{l+1}(m_l)
+            z_L ~ N(m_L, s_L),  then top-down
+            z_l ~ N(precision_merge(m_l, s_l, *stage_l(z_{l+1})))
+
+In the ladder guide the generative stages are shared with the model, so the
+posterior of each layer is the prior the layer above implies, corrected by
+what the data say (the precision-weighted product of the two Gaussians).
+
+References:
+    1. Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
+    2. Sonderby, Raiko, Maaloe, Sonderby & Winther (2016), Ladder Variational Autoencoders.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import Predictive
+from torch import nn
+
+from ..nets import make_decoder, make_encoder
+from ..priors import make_prior
+from .parts import ConditionalNormal, DataModel, precision_merge
+
+__all__ = ["StackedVAE"]
+
+_INFERENCE = ("bottom-up", "ladder")
+
+
+def _net_name(net):
+    return net if isinstance(net, str) else net.get("name") if isinstance(net, dict) else None
+
+
+class StackedVAE(DataModel):
+    """A VAE with ``L`` stochastic layers ``z_L -> ... -> z_1 -> x`` and conditional Gaussian stages.
+
+    Args:
+        data_shape: shape of one data point.
+        latent_dims: sizes ``[d_1, ..., d_L]``, the data-side layer first, e.g. ``[64, 32]``.
+        prior: prior of the top layer ``z_L`` (a prior object, name or dict; ``"vamp"`` works
+            and uses the deterministic upward path as its encoder).
+        likelihood: ``p(x | z_1)``, object, name or dict.
+        net: encoder ``x -> z_1`` and decoder ``z_1 -> x`` family (``"mlp"``, ``"conv"``, ``"linear"``).
+        stage_hidden: hidden sizes of every stage network, generative ``p(z_l | z_{l+1})``
+            and inference ``q(z_{l+1} | z_l)``; ``()`` makes them linear-Gaussian.
+            Default: ``()`` with the linear net, else ``(256,)``.
+        activation: nonlinearity of the stage networks.
+        inference: ``"bottom-up"`` or ``"ladder"`` (see the module docstring).
+        name: prefix in Pyro's param store.
+
+    Sites ``"z1" .. "zL"`` and ``"x"``; data plate ``"data"`` as in :class:`~pyro_vae.model.VAE`.
+    """
+
+    inputs = ("x",)
+
+    def __init__(self, data_shape, latent_dims=(32, 16), prior="normal", likelihood="bernoulli", net="mlp",
+                 stage_hidden=None, activation: str = "softplus", inference: str = "bottom-up",
+                 name: str = "stacked"):
+        super().__init__()
+        self._setup_data(data_shape, likelihood, name)
+        dims = [int(d) for d in ([latent_dims] if isinstance(latent_dims, int) else latent_dims)]
+        if not dims or min(dims) < 1:
+            raise ValueError(f"latent_dims must be a non-empty list of positive sizes, got {latent_dims!r}")
+        if inference not in _INFERENCE:
+            raise ValueError(f"inference must be one of {', '.join(_INFERENCE)}; got {inference!r}")
+        if stage_hidden is None:
+            stage_hidden = () if _net_name(net) == "linear" else (256,)
+        self.latent_dims, self.inference = dims, inference
+        self.latent_dim = dims[0]
+        self.latent_sites = tuple(f"z{i + 1}" for i in range(len(dims)))
+
+        self.decoder = make_decoder(net, dims[0], self.data_shape, self.likelihood.n_params)
+        # stages[l] is p(z_{l+1} | z_{l+2}) in 0-based layer numbering: context is the layer above.
+        self.stages = nn.ModuleList(ConditionalNormal(dims[i], dims[i + 1], stage_hidden, activation)
+                                    for i in range(len(dims) - 1))
+        self.first_encoder = make_encoder(net, self.data_shape, dims[0])
+        self.up = nn.ModuleList(ConditionalNormal(dims[i + 1], dims[i], stage_hidden, activation)
+                                for i in range(len(dims) - 1))
+        self.prior = make_prior(prior, dims[-1], self.data_shape)
+        self.prior.setup(self)
+
+    @property
+    def encoder(self):
+        """``x -> (loc, scale)`` of the top layer along the deterministic upward path (used by a VampPrior)."""
+        return self._top_posterior
+
+    def _top_posterior(self, x):
+        return self._upward(x)[-1]
+
+    # ----------------------------------------------------------------- Pyro programs
+    def model(self, x=None, idx=None, num_data=None, n=None):
+        """``z_L ~ p(z_L)``, ``z_l ~ p(z_l | z_{l+1})``, ``x ~ p(x | decoder(z_1))``."""
+        pyro.module(self.name, self)
+        with self._plate(x, idx, num_data, n):
+            z = pyro.sample(self.latent_sites[-1], self.prior())
+            for i in reversed(range(len(self.stages))):
+                z = pyro.sample(self.latent_sites[i], self.stages[i](z))
+            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x=None, idx=None, num_data=None, n=None):
+        """Bottom-up ``q(z_1|x) q(z_2|z_1)...`` or the ladder's top-down merge, per ``inference``."""
+        pyro.module(self.name, self)
+        if x is None:
+            raise ValueError("the guide needs data x")
+        with self._plate(x, idx, num_data, n):
+            if self.inference == "ladder":
+                return self._ladder(x)
+            loc, scale = self.first_encoder(x)
+            z = pyro.sample(self.latent_sites[0], dist.Normal(loc, scale).to_event(1))
+            for i, up in enumerate(self.up, start=1):
+                z = pyro.sample(self.latent_sites[i], up(z))
+            return z
+
+    def _upward(self, x):
+        """The deterministic bottom-up pass: ``[(m_1, s_1), ..., (m_L, s_L)]``."""
+        out = [self.first_encoder(x)]
+        for up in self.up:
+            out.append(up.loc_scale(out[-1][0]))
+        return out
+
+    def _ladder(self, x):
+        ups = self._upward(x)
+        z = pyro.sample(self.latent_sites[-1], dist.Normal(*ups[-1]).to_event(1))
+        for i in reversed(range(len(self.stages))):
+            loc, scale = precision_merge(*ups[i], *self.stages[i].loc_scale(z))
+            z = pyro.sample(self.latent_sites[i], dist.Normal(loc, scale).to_event(1))
+        return z
+
+    # ----------------------------------------------------------------- fitted-model API
+    @torch.no_grad()
+    def encode(self, x):
+        """Posterior ``(loc, scale)`` per layer, ``[(loc_1, scale_1), ..., (loc_L, scale_L)]``, each ``[B, d_l]``.
+
+        Layer 1 is exact (``q(z_1|x)`` bottom-up); the other layers are conditioned
+        on the means of their neighbours instead of samples of them.
+        """
+        self.check_data(x, support=False)
+        ups = self._upward(x.to(self._device()))
+        if self.inference == "bottom-up":
+            return ups
+        out = [ups[-1]]
+        for i in reversed(range(len(self.stages))):
+            out.insert(0, precision_merge(*ups[i], *self.stages[i].loc_scale(out[0][0])))
+        return out
+
+    @torch.no_grad()
+    def decode(self, z1, mean: bool = True):
+        """``E[x | z_1]`` (``mean=True``) or a draw of ``x``; ``z1: [*b, d_1] -> [*b, *data_shape]``."""
+        params = self.decoder(z1.to(self._device()))
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """Decode the posterior mean of ``z_1``."""
+        return self.decode(self.encode(x)[0][0])
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True):
+        """``n`` ancestral draws ``z_L -> ... -> z_1``, then ``E[x | z_1]`` (``mean=True``) or ``x`` itself."""
+        draws = Predictive(self.model, num_samples=1, return_sites=(self.latent_sites[0], "x"))(n=n)
+        return self.decode(draws[self.latent_sites[0]][0]) if mean else draws["x"][0]

@@ -1,0 +1,85 @@
+"""The MODELS table, the duck-typed interface fit/elbo rely on, and the examples run as a user would."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, SHARED_DATA
+from pyro_vae import VAE, elbo, fit
+from pyro_vae.hierarchical import MODELS, make_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These networks are tiny: one thread is fastest, and many times faster on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+OPTIONS = {"vae": {}, "stacked": {"latent_dims": [4, 2]}, "m2": {"alpha": 1.0}, "cvae": {},
+           "grouped": {"num_groups": 3}}
+
+
+def inputs_for(model, n=24):
+    x = torch.rand(n, 1, 8, 8)
+    extra = {"y": torch.where(torch.arange(n) < 8, torch.arange(n) % 10, -1), "c": torch.arange(n) % 10,
+             "g": torch.arange(n) % 3}
+    return (x,) + tuple(extra[name] for name in getattr(model, "inputs", ("x",))[1:])
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_builds_fits_and_evaluates(name):
+    model = MODELS.build({"name": name, **OPTIONS[name]}, data_shape=(1, 8, 8), latent_dim=4, prior="normal",
+                         likelihood="bernoulli", net={"name": "mlp", "hidden": [16]})
+    for attr in ("model", "guide", "check_data", "_device", "name", "latent_sites"):
+        assert hasattr(model, attr), attr
+    assert not isinstance(model, VAE) or name == "vae"  # composition, not a VAE subclass per variant
+    data = inputs_for(model)
+    objective = "enum" if name == "m2" else "elbo"
+    result = fit(model, data, epochs=2, batch_size=8, objective=objective, progress=False)
+    assert math.isfinite(result.final_elbo)
+    loss = None
+    if name == "m2":
+        from pyro.infer import TraceEnum_ELBO
+
+        loss = TraceEnum_ELBO(max_plate_nesting=1)
+    assert math.isfinite(elbo(model, data, loss=loss))
+
+
+def test_builder_defaults_and_errors():
+    stacked = make_model("stacked", (5,), latent_dim=6)
+    assert stacked.latent_dims == [6, 3]
+    assert make_model("cvae", (5,)).context_shape == (10,)
+    with pytest.raises(ValueError, match="num_groups"):
+        make_model("grouped", (5,))
+    with pytest.raises(ValueError, match="Did you mean 'latent_dims'"):
+        make_model({"name": "stacked", "latent_dim": [3]}, (5,))
+    with pytest.raises(ValueError, match="unknown model"):
+        make_model("ladder-vae", (5,))
+
+
+@pytest.mark.parametrize("script, expect", [
+    ("stacked_vae.py", "IWAE"),
+    ("ss_vae_m2.py", "M2 test accuracy"),
+    ("cvae_digits.py", "quadrant"),
+    ("grouped_counts.py", "R^2"),
+])
+def test_example_smoke(script, expect):
+    out = subprocess.run([sys.executable, str(REPO / "examples" / script), "--smoke"], capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert expect in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="no local MNIST archives")
+def test_stacked_example_on_mnist():
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "stacked_vae.py"), "--epochs", "1"],
+                         capture_output=True, text=True, timeout=3600, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("mnist")
