@@ -1,6 +1,6 @@
 """pyro_vae: variational autoencoders as Pyro programs, with swappable priors and likelihoods."""
 
-from .evaluate import elbo
+from .evaluate import ELBODecomposition, IWAEResult, elbo, elbo_decomposition, iwae_log_likelihood
 from .likelihoods import LIKELIHOODS, Likelihood, make_likelihood, register_likelihood
 from .model import VAE
 from .nets import NETS, make_decoder, make_encoder
@@ -14,6 +14,10 @@ __all__ = [
     "fit",
     "FitResult",
     "elbo",
+    "iwae_log_likelihood",
+    "IWAEResult",
+    "elbo_decomposition",
+    "ELBODecomposition",
     "Prior",
     "Likelihood",
     "PRIORS",
