@@ -166,7 +166,10 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="data split (default test)")
     p.add_argument("--data", metavar="FILE", help="evaluate a raw data file instead of a split")
     p.add_argument("--num-particles", type=int, default=1, metavar="K", help="samples of z per point (default 1)")
-    # --iwae-samples K (importance-weighted bound) belongs here, next to --num-particles.
+    p.add_argument("--iwae-samples", type=int, metavar="K", help="also the IWAE estimate of log p(x) with K "
+                   "importance samples (Burda et al. 2016); writes evaluation-SPLIT.json in the run directory")
+    p.add_argument("--psis", action="store_true", help="also per-point Pareto k-hat of q(z|x) (PSIS, Yao et al. "
+                   "2018) with K = --iwae-samples or 1000; writes khat-SPLIT.png")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the Monte Carlo draws (default: the run's seed)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="device to evaluate on (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object (n, elbo, split, ...) instead of text")
@@ -285,14 +288,21 @@ def _set_seed(args, config) -> int:
 def _evaluate(args) -> int:
     from .run import evaluate_run
 
+    if args.iwae_samples is not None and args.iwae_samples < 1:
+        raise ConfigError(f"--iwae-samples must be >= 1, got {args.iwae_samples}")
     report = evaluate_run(args.run_dir, split=args.split, data_file=args.data, num_particles=args.num_particles,
-                          seed=args.seed, device=args.device)
+                          seed=args.seed, device=args.device, iwae_samples=args.iwae_samples, psis=args.psis)
     if args.json:
         print(json.dumps(report))
     else:
         print(f"{report['split']} ELBO: {report['elbo']:.4f} nats per data point "
               f"(n={report['n']}, {report['num_particles']} particle(s), seed {report['seed']}, "
               f"checkpoint epoch {report['epoch']})")
+        if "iwae_log_likelihood" in report:
+            print(f"IWAE log-likelihood ({report['iwae_samples']} samples): {report['iwae_log_likelihood']:.4f} "
+                  f"+- {report['iwae_stderr']:.4f} nats per data point")
+        if "khat_fraction_above_0_7" in report:
+            print(f"PSIS: {report['khat_fraction_above_0_7']:.1%} of points have k-hat > 0.7; plot {report['khat_plot']}")
     return 0
 
 

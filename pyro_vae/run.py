@@ -293,7 +293,7 @@ def _metrics_line(record: dict) -> dict:
 # --------------------------------------------------------------------------- evaluation of a saved run
 
 def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles: int = 1, seed: int | None = None,
-                 device="cpu") -> dict:
+                 device="cpu", iwae_samples: int | None = None, psis: bool = False) -> dict:
     """ELBO per data point (nats) of a saved run on one split of its data, or on a raw data file.
 
     Returns ``{"run_dir", "split", "n", "elbo", "num_particles", "seed", "epoch"}`` (plus ``"data"`` for a
@@ -316,7 +316,22 @@ def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles:
     loss = make_objective("elbo", num_particles, getattr(vae, "max_plate_nesting", None))  # Pyro need not guess
     report.update(split=split, n=len(x), elbo=elbo(vae, x, loss=loss), num_particles=num_particles, seed=seed,
                   epoch=payload["epoch"])
-    # Further estimates (an IWAE bound with --iwae-samples) join the report here.
+    if iwae_samples:
+        from .evaluate import iwae_log_likelihood
+
+        iw = iwae_log_likelihood(vae, x, num_samples=int(iwae_samples), seed=seed)
+        report.update(iwae_log_likelihood=iw.mean, iwae_stderr=iw.stderr, iwae_samples=int(iwae_samples))
+    if psis:
+        from .diagnostics import psis_diagnostic
+
+        k = int(iwae_samples or 1000)
+        result = psis_diagnostic(vae, x, num_samples=k, plot_path=Path(run_dir) / f"khat-{split}.png", seed=seed)
+        finite = result.khat[torch.isfinite(result.khat)]
+        report.update(psis_samples=k, khat_fraction_above_0_7=result.fraction_above_07,
+                      khat_median=float(finite.median()) if len(finite) else None,
+                      khat_plot=str(Path(run_dir) / f"khat-{split}.png"))
+    if iwae_samples or psis:
+        Path(run_dir, f"evaluation-{split}.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -287,3 +287,18 @@ def test_resume_continues_a_run_exactly(tmp_path):
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # a finished run says how to go further
     assert main(["train", "--resume", str(tmp_path / "split"), "--quiet"]) == 1
+
+
+def test_evaluate_iwae_and_psis(run, capsys):
+    """`evaluate --iwae-samples K --psis`: IWAE >= ELBO (a bound at least as tight), k-hat report, plot, JSON file."""
+    import json
+
+    from PIL import Image
+
+    assert main(["evaluate", str(run.run_dir), "--json", "--iwae-samples", "50", "--psis"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["iwae_log_likelihood"] > report["elbo"] - 3 * report["iwae_stderr"]
+    assert 0.0 <= report["khat_fraction_above_0_7"] <= 1.0 and report["iwae_samples"] == 50
+    Image.open(report["khat_plot"]).verify()
+    saved = json.loads((run.run_dir / "evaluation-test.json").read_text())
+    assert saved["iwae_log_likelihood"] == report["iwae_log_likelihood"]
