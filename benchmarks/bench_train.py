@@ -223,13 +223,7 @@ def epoch_times(case: str, n_data: int, rounds: int):
             train_transform=transform, progress=False)
 
     def ref_epoch():
-        xe = transform(x) if transform else x
-        perm = torch.randperm(n_data)
-        for lo in range(0, n_data, batch):
-            idx = perm[lo:lo + batch]
-            opt.zero_grad(set_to_none=True)
-            ref.loss(xe[idx], n_data).backward()
-            opt.step()
+        _reference_epoch(ref, opt, x, transform, batch)
 
     times = {"lib": [], "ref": []}
     for r in range(rounds):
@@ -240,6 +234,18 @@ def epoch_times(case: str, n_data: int, rounds: int):
             times[name].append(time.perf_counter() - t)
     lib_s, ref_s = min(times["lib"]), min(times["ref"])
     return {"lib_epoch_s": lib_s, "ref_epoch_s": ref_s, "epoch_ratio": lib_s / ref_s}
+
+
+def _reference_epoch(ref, opt, x, transform, batch) -> None:
+    """The hand-written epoch: fresh binarisation, a permutation, minibatch steps."""
+    n_data = x.shape[0]
+    xe = transform(x) if transform else x
+    perm = torch.randperm(n_data)
+    for lo in range(0, n_data, batch):
+        idx = perm[lo:lo + batch]
+        opt.zero_grad(set_to_none=True)
+        ref.loss(xe[idx], n_data).backward()
+        opt.step()
 
 
 def peak_rss(case: str, n_data: int, steps: int):
@@ -267,13 +273,7 @@ def _rss_child(impl: str, case: str, n_data: int, steps: int) -> None:
     else:
         opt = torch.optim.Adam(ref.parameters(), 1e-3, foreach=True)
         for _ in range(epochs):
-            xe = transform(x) if transform else x
-            perm = torch.randperm(n_data)
-            for lo in range(0, n_data, batch):
-                idx = perm[lo:lo + batch]
-                opt.zero_grad(set_to_none=True)
-                ref.loss(xe[idx], n_data).backward()
-                opt.step()
+            _reference_epoch(ref, opt, x, transform, batch)
     print(_vm_hwm_mib())
 
 

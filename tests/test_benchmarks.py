@@ -20,4 +20,4 @@ def test_training_benchmark_runs_and_reports_every_case(tmp_path):
                     "ref_peak_rss_mib"):
             assert row[key] > 0, (row["case"], key)
         assert row["step_ratio"] == row["lib_step_ms"] / row["ref_step_ms"]
-    assert "| b128 |" in (tmp_path / "train.md").read_text()
+    assert "| tiny |" in (tmp_path / "train.md").read_text()

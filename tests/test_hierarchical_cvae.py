@@ -10,13 +10,7 @@ from pyro_vae import elbo, fit
 from pyro_vae.hierarchical import CVAE, ConditionalNormal, fill_hidden, quadrant_task
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one thread is fastest, and many times faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
 
 
 def test_class_conditional_samples_are_classified_as_their_class(digits):

@@ -10,13 +10,7 @@ from pyro_vae import fit
 from pyro_vae.hierarchical import GroupedVAE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one thread is fastest, and many times faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
 
 G, LATENT, D, N = 12, 2, 30, 2400
 

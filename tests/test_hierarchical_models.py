@@ -12,13 +12,7 @@ from pyro_vae import VAE, elbo, fit
 from pyro_vae.hierarchical import MODELS, make_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one thread is fastest, and many times faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
 
 
 OPTIONS = {"vae": {}, "stacked": {"latent_dims": [4, 2]}, "m2": {"alpha": 1.0}, "cvae": {},

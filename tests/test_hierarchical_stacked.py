@@ -23,13 +23,7 @@ from pyro_vae.evaluate import iwae_log_likelihood
 from pyro_vae.hierarchical import ConditionalNormal, StackedVAE, precision_merge
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one thread is fastest, and many times faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
 
 D, D1, D2 = 8, 3, 2
 S1, S = 0.5, 0.3
