@@ -23,8 +23,6 @@ embedded 8x8 digits are used.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import pyro
@@ -33,22 +31,10 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from pyro_vae import elbo, fit
-from pyro_vae.data import load_dataset
+from _images import load_images  # examples/_images.py
 from pyro_vae.hierarchical import CVAE, fill_hidden, quadrant_task
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
 TUTORIAL = {1: 71.8, 2: 51.0, 3: 24.2}
-
-
-def load_images(dataset: str, data_dir):
-    """MNIST from ``data_dir`` or the shared archives (copied to a temporary root), else the digits."""
-    if dataset == "mnist" and data_dir is None and SHARED_MNIST.is_dir():
-        data_dir = tempfile.mkdtemp(prefix="pyro_vae_mnist_")
-        shutil.copytree(SHARED_MNIST, Path(data_dir) / "MNIST" / "raw")
-    if dataset == "mnist" and data_dir is None:
-        print("MNIST not found (pass --data-dir); using the embedded digits")
-        dataset = "digits"
-    return load_dataset(dataset, data_dir=data_dir, download=data_dir is not None, preprocess="scale", seed=0)
 
 
 def main(argv=None):
