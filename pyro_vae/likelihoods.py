@@ -96,11 +96,12 @@ class Likelihood(nn.Module):
 
 
 def _in_unit_interval(x):
-    return bool(((x >= 0) & (x <= 1)).all())
+    lo, hi = torch.aminmax(x)  # one pass, no [N, D] temporaries: the whole data set is checked per fit
+    return bool(lo >= 0) and bool(hi <= 1)
 
 
 def _is_count(x):
-    return bool(((x >= 0) & (x == x.round())).all())
+    return bool(torch.aminmax(x)[0] >= 0) and (not x.is_floating_point() or not bool(torch.frac(x).any()))
 
 
 class Bernoulli(Likelihood):

@@ -138,7 +138,8 @@ class VAE(nn.Module):
             raise ValueError(self._shape_message(x))
         if x.shape[0] == 0:
             raise ValueError("data is empty (0 rows)")
-        if x.is_floating_point():
+        # min and max propagate NaN and show +-Inf: one pass over clean data, the full scan only to report
+        if x.is_floating_point() and not all(map(math.isfinite, map(float, torch.aminmax(x)))):
             finite = torch.isfinite(x)
             if not bool(finite.all()):
                 bad = (~finite).reshape(x.shape[0], -1).any(1).nonzero()[:, 0]

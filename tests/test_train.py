@@ -110,3 +110,46 @@ def test_learning_rate_schedule_and_bad_training_options(digits):
         fit(vae, x, epochs=1, early_stopping=3, progress=False)
     with pytest.raises(ValueError, match="learning rate must be > 0"):
         fit(vae, x, epochs=1, lr=-1.0, progress=False)
+
+
+class _Poison:
+    """A forward hook on the decoder that makes step ``at`` produce NaN: in the loss, or only in the gradients."""
+
+    def __init__(self, vae, at: int, where: str):
+        self.vae, self.at, self.where, self.calls, self.before = vae, at, where, 0, None
+        vae.decoder.register_forward_hook(self)
+
+    def __call__(self, module, inputs, out):
+        self.calls += 1
+        if self.calls != self.at:
+            return out
+        self.before = {k: v.clone() for k, v in self.vae.state_dict().items()}
+        if self.where == "loss":
+            return out * float("nan")
+        out.register_hook(lambda g: torch.full_like(g, float("nan")))
+        return out
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_nonfinite_step_stops_before_the_update(digits, where):
+    """The step whose loss (or only its gradient) is NaN raises, names the step, and leaves the previous weights."""
+    from pyro_vae.train import TrainingDivergedError
+
+    vae = VAE((1, 8, 8), latent_dim=4, net={"name": "mlp", "hidden": [32]})
+    poison = _Poison(vae, at=7, where=where)  # 6 clean steps of 64 (epoch 1 has 5), the 7th is the 2nd of epoch 2
+    with pytest.raises(TrainingDivergedError, match=r"step 7 \(epoch 2.*learning rate") as err:
+        fit(vae, digits[0][:300], epochs=3, batch_size=64, progress=False)
+    assert (err.value.step, err.value.epoch) == (7, 2)
+    after = vae.state_dict()
+    assert poison.before is not None and all(torch.equal(after[k], v) for k, v in poison.before.items())
+
+
+def test_nonfinite_steps_can_be_skipped(digits):
+    vae = VAE((1, 8, 8), latent_dim=4, net={"name": "mlp", "hidden": [32]})
+    _Poison(vae, at=3, where="grad")
+    result = fit(vae, digits[0][:300], epochs=2, batch_size=64, on_nonfinite="skip", progress=False)
+    assert [r["skipped_steps"] for r in result.history] == [1, 0]
+    assert len(result.step_losses) == 2 * 5 - 1
+    assert all(torch.isfinite(p).all() for p in vae.parameters())
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        fit(vae, digits[0][:300], epochs=1, on_nonfinite="ignore", progress=False)
