@@ -47,6 +47,7 @@ def _train_flags():
     from .likelihoods import LIKELIHOODS
     from .nets import NETS
     from .objectives import OBJECTIVES
+    from .hierarchical.registry import MODELS
     from .priors import PRIORS
     from .train import OPTIMIZERS
 
@@ -57,6 +58,10 @@ def _train_flags():
         ("--download", "data.download", dict(action="store_const", const=True,
                                              help="download a missing torchvision dataset")),
         ("--preprocess", "data.preprocess", dict(metavar="NAME", help=f"one of {', '.join(PREPROCESS)}")),
+        ("--labelled", "data.labelled", dict(type=int, metavar="N", help="model m2: training points that keep "
+                                             "their label, balanced over classes (the rest are unlabelled)")),
+        ("--model", "model.type", dict(metavar="TYPE", help=f"model type: {_names(MODELS)} "
+                                       "(options via --set model.latent_dims=[32,16])")),
         ("--prior", "model.prior", dict(metavar="NAME", help=f"p(z): {_names(PRIORS)}")),
         ("--likelihood", "model.likelihood", dict(metavar="NAME", help=f"p(x|z): {_names(LIKELIHOODS)}")),
         ("--net", "model.net", dict(metavar="NAME", help=f"encoder/decoder family: {_names(NETS)} "
@@ -257,7 +262,8 @@ def _train(args) -> int:
     else:
         config = train_config(args)
         m = config.model
-        _say(args, f"training: {config.data.source}, prior {m.label('prior')}, likelihood {m.label('likelihood')}, "
+        kind = "" if m.type == "vae" else f"model {m.type}, "
+        _say(args, f"training: {config.data.source}, {kind}prior {m.label('prior')}, likelihood {m.label('likelihood')}, "
                    f"net {m.label('net')}, latent_dim {m.latent_dim}, {config.train.epochs} epochs on "
                    f"{config.train.device} (seed {config.train.seed})")
         result = train_run(config, progress=not args.quiet)
@@ -316,7 +322,12 @@ def _sample(args) -> int:
         raise ConfigError(f"-n must be >= 1, got {args.num}")
     vae, config, _ = load_run(args.run_dir, map_location=args.device)
     _set_seed(args, config)
-    x = vae.sample(args.num, mean=not args.draw).cpu()
+    if config.model.type in ("m2", "cvae"):  # labelled models: rows of classes, means of p(x | z, y)
+        from .hierarchical.registry import sample_grid
+
+        x = sample_grid(vae, args.num).cpu()
+    else:
+        x = vae.sample(args.num, mean=not args.draw).cpu()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
@@ -334,7 +345,10 @@ def _encode(args) -> int:
     from .checkpoint import load_run
     from .run import Preprocessing, load_data_file
 
-    vae, _, payload = load_run(args.run_dir, map_location=args.device)
+    vae, config, payload = load_run(args.run_dir, map_location=args.device)
+    if config.model.type in ("cvae", "grouped"):
+        raise ConfigError(f"encode takes data alone, and model type {config.model.type!r} also needs each point's "
+                          "context (label or group); use its encode(x, c) method from Python")
     x, _ = load_data_file(args.data_file, vae.data_shape, Preprocessing.from_state(payload["preprocess"]))
     vae.check_data(x, support=False)
     z = torch.cat([vae.encode(x[i:i + args.batch_size])[0].cpu() for i in range(0, len(x), args.batch_size)])

@@ -34,6 +34,7 @@ import torch
 
 from ._registry import did_you_mean
 from .data import PREPROCESS
+from .hierarchical.registry import MODELS
 from .likelihoods import LIKELIHOODS, make_likelihood
 from .model import VAE
 from .nets import NETS
@@ -80,8 +81,11 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1  # unused by torchvision datasets, which keep their official test set
     batch_size: int = 128
+    labelled: int | None = None  # model type m2: training points that keep their label (balanced over classes)
 
     def check(self) -> None:
+        _require(self.labelled is None or self.labelled >= 1, "data.labelled",
+                 f"must be >= 1 (labelled training points for model type m2), got {self.labelled}")
         _require(self.preprocess in PREPROCESS, "data.preprocess",
                  f"unknown preprocess {self.preprocess!r}; valid: {', '.join(PREPROCESS)}."
                  + did_you_mean(self.preprocess, PREPROCESS))
@@ -95,27 +99,61 @@ def _default_net() -> dict:
     return {"name": "mlp", "hidden": [256]}
 
 
+_MODEL_KEYS = ("type", "latent_dim", "prior", "likelihood", "net")
+
+
 @dataclass
 class ModelConfig:
+    type: str = "vae"  # a name in pyro_vae.hierarchical.MODELS: vae, stacked, m2, cvae, grouped
     latent_dim: int = 8
     prior: Spec = "normal"  # or a table, e.g. [model.prior] name = "mog"  n_components = 10
     likelihood: Spec = "bernoulli"
     net: Spec = field(default_factory=_default_net)  # encoder and decoder family with options (hidden, activation)
+    # The model type's own options (latent_dims for stacked, alpha for m2, num_groups for grouped, ...),
+    # written as further keys of [model]: `type = "stacked"  latent_dims = [32, 16]`.
+    options: dict = field(default_factory=dict)
+
+    _extra = "options"
 
     def check(self) -> None:
         _require(self.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {self.latent_dim}")
+        with config_key("model.type"):
+            entry = MODELS[self.type]
         for key, registry in (("prior", PRIORS), ("likelihood", LIKELIHOODS), ("net", NETS)):
+            if key == "prior" and self.type == "cvae" and self.label("prior") == "conditional":
+                continue  # p(z | c), the CVAE's own prior
             with config_key(f"model.{key}"):
                 registry.check_options(*registry.split_spec(getattr(self, key)))
+        valid = self.type_options(entry)
+        for key in self.options:
+            if key not in valid:
+                raise ConfigError(f"unknown key 'model.{key}'; [model] takes {', '.join(_MODEL_KEYS)} and the "
+                                  f"options of model type {self.type!r} ({', '.join(valid) or 'none'})."
+                                  + _suggest("model", key, [*_MODEL_KEYS, *valid]))
+
+    @staticmethod
+    def type_options(entry) -> list[str]:
+        """The model type's own keys of ``[model]``: its keyword options less those ``[model]`` sets itself.
+
+        ``name`` is the registry's key and ``context_shape`` comes from the data, so neither is a config key.
+        """
+        return [k for k in entry.options() if k not in _MODEL_KEYS and k not in ("name", "context_shape")]
 
     def build(self, data_shape):
-        """The :class:`~pyro_vae.model.VAE` for data points of shape ``data_shape``; bad options name their key."""
+        """The model (a :class:`~pyro_vae.model.VAE` by default) for data points of shape ``data_shape``;
+        bad options name their key."""
+        if self.type != "vae":
+            with config_key("model"):
+                return MODELS.build({"name": self.type, **self.options}, data_shape=tuple(data_shape),
+                                    latent_dim=self.latent_dim, prior=self.prior, likelihood=self.likelihood,
+                                    net=self.net)
         with config_key("model.likelihood"):
             likelihood = make_likelihood(self.likelihood)
         with config_key("model.prior"):
             prior = make_prior(self.prior, self.latent_dim, tuple(data_shape))
         with config_key("model.net"):
-            return VAE(tuple(data_shape), self.latent_dim, prior=prior, likelihood=likelihood, net=self.net)
+            return VAE(tuple(data_shape), self.latent_dim, prior=prior, likelihood=likelihood, net=self.net,
+                       **self.options)
 
     def label(self, key: str) -> str:
         """The component's name: ``"mog"`` for both ``"mog"`` and ``{"name": "mog", ...}``."""

@@ -51,6 +51,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical, kl_divergence
 
+from .objectives import make_objective, objective_for
+
 __all__ = [
     "elbo",
     "IWAEResult",
@@ -77,7 +79,8 @@ def elbo(vae, data, num_particles: int = 1, batch_size: int = 1024, loss=None) -
 
     ``data: [N, *data_shape]`` is evaluated in chunks of ``batch_size`` with
     ``num_particles`` vectorised draws per point; ``loss`` defaults to Pyro's
-    ``Trace_ELBO``. ``data`` may be a tuple ``(x, y, ...)`` as in :func:`~pyro_vae.train.fit`.
+    ``Trace_ELBO`` (``TraceEnum_ELBO`` for a model that enumerates, such as M2).
+    ``data`` may be a tuple ``(x, y, ...)`` as in :func:`~pyro_vae.train.fit`.
     """
     from .train import as_tensors
 
@@ -85,7 +88,7 @@ def elbo(vae, data, num_particles: int = 1, batch_size: int = 1024, loss=None) -
     vae.check_data(tensors[0])
     device = vae._device()
     if loss is None:
-        loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+        loss = make_objective(objective_for(vae, "elbo"), num_particles, getattr(vae, "max_plate_nesting", None))
     n = tensors[0].shape[0]
     total = 0.0
     for start in range(0, n, batch_size):

@@ -257,6 +257,27 @@ def make_objective(spec="elbo", num_particles: int | None = None, max_plate_nest
     return OBJECTIVES[name].factory(**options)
 
 
+def objective_for(model, spec="elbo"):
+    """``spec`` as ``model`` must be fitted: a model that sums a discrete site out exactly says so.
+
+    A model with ``objective = "enum"`` (M2, whose label is enumerated) turns the
+    default ``"elbo"`` into ``"enum"``: the same bound, with the discrete site
+    summed exactly by ``TraceEnum_ELBO`` instead of sampled. Any other name is
+    refused for it, since it would sample the site its guide marks for enumeration.
+    ELBO objects pass unchanged.
+    """
+    needed = getattr(model, "objective", None)
+    if needed is None or isinstance(spec, ELBO):
+        return spec
+    name = spec if isinstance(spec, str) else spec.get("name")
+    if name == "elbo":
+        return needed if isinstance(spec, str) else {**spec, "name": needed}
+    if name != needed:
+        raise ValueError(f"model {type(model).__name__} sums its discrete site out exactly and needs objective "
+                         f"{needed!r} (or 'elbo', which means it), got {name!r}")
+    return spec
+
+
 # ----------------------------------------------------------------------------- KL weight
 @dataclass(frozen=True)
 class KLSchedule:

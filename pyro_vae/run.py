@@ -27,10 +27,13 @@ import torch
 
 from . import plots
 from .checkpoint import BEST, CHECKPOINT, CONFIG, FORMAT, load_checkpoint, load_run, save_checkpoint, versions
-from .config import Config, DataConfig, OutputConfig, apply_overrides
+from .config import Config, DataConfig, OutputConfig, apply_overrides, config_key
+from .hierarchical import SSVAE
+from .hierarchical.registry import complete_options, model_data, sample_grid
+from .model import VAE
 from .data import DataSplits, load_dataset, load_file
 from .evaluate import elbo, elbo_decomposition
-from .objectives import make_objective
+from .objectives import make_objective, objective_for
 from .train import EarlyStopping, fit, rng_state
 
 __all__ = ["RunResult", "train_run", "resume_run", "evaluate_run", "load_splits", "Preprocessing", "fit_preprocessing",
@@ -197,12 +200,17 @@ def train_run(config: Config, *, progress: bool = True) -> RunResult:
 
     splits = load_splits(config.data, seed)
     preprocessing = fit_preprocessing(config.data, splits, seed)
+    with config_key("model"):  # label counts of labelled model types come from the data, and are saved
+        options = complete_options(config.model.type, config.model.options, splits.train_labels)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, options=options))
     vae = config.model.build(splits.data_shape).to(device)
     init_from = getattr(vae.prior, "init_from", None)
     if init_from is not None:  # pseudo-inputs start at training points (Tomczak & Welling 2018)
         init_from(splits.train.to(device))
     config.optim.build(config.train.epochs)  # fail on bad optimiser or objective options before any work
     config.objective.build()
+    with config_key("objective.name"):
+        objective_for(vae, config.objective.spec())
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing behind
     config.save(run_dir / CONFIG)
     extra = {"format": FORMAT, "data_shape": list(splits.data_shape), "config": config.to_dict(),
@@ -246,13 +254,15 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
 def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict, *, resume, progress) -> RunResult:
     """The training loop of a run: metrics lines, checkpoint.pt every few epochs, best.pt on improvement."""
     seed = config.train.seed
-    val = splits.val if len(splits.val) else None
+    labelled = dict(labelled=config.data.labelled, seed=seed)
+    train = model_data(vae, splits.train, splits.train_labels, split="train", **labelled)
+    val = model_data(vae, splits.val, splits.val_labels, split="val", **labelled) if len(splits.val) else None
     every, last = config.train.checkpoint_every, {}
     patience = config.train.early_stopping
     early = EarlyStopping(patience, config.train.min_delta) if patience else None
 
     def on_epoch_end(record: dict, snapshot) -> None:
-        if "val_elbo" in record:
+        if "val_elbo" in record and isinstance(vae, VAE):  # the KL/reconstruction split of the one-layer VAE
             terms = elbo_decomposition(vae, val, num_samples=1, seed=seed)
             record.update(kl=terms.kl, recon=terms.recon, active_units=terms.active_units)
         metrics.write(json.dumps(_metrics_line(record)) + "\n")
@@ -266,8 +276,8 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
 
     epochs = config.train.epochs
     with open(run_dir / METRICS, "a", encoding="utf-8") as metrics:
-        result = fit(vae, splits.train, epochs=epochs, batch_size=config.data.batch_size,
-                     optimizer=config.optim.build(epochs), objective=config.objective.spec(),
+        result = fit(vae, train, epochs=epochs, batch_size=config.data.batch_size,
+                     optimizer=config.optim.build(epochs), objective=objective_for(vae, config.objective.spec()),
                      num_particles=config.objective.num_particles, kl_weight=config.objective.kl(epochs),
                      seed=None, val_data=val, val_every=config.train.val_every, early_stopping=early,
                      resume=resume, train_transform=_epoch_transform(splits), on_epoch_end=on_epoch_end,
@@ -280,6 +290,11 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
     if (run_dir / BEST).exists():
         files["best"] = run_dir / BEST
     files.update(write_figures(vae, splits, result.history, run_dir))
+    if isinstance(vae, SSVAE) and splits.test_labels is not None and len(splits.test):
+        accuracy = vae.accuracy(splits.test, splits.test_labels)
+        (run_dir / "accuracy.json").write_text(json.dumps({"test_accuracy": accuracy, "n": len(splits.test),
+                                                          "labelled": config.data.labelled}, indent=2))
+        files["accuracy"] = run_dir / "accuracy.json"
     return RunResult(run_dir, config, vae, splits, result.history, files)
 
 
@@ -304,17 +319,22 @@ def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles:
     vae, config, payload = load_run(run_dir, map_location=device)
     report = {"run_dir": str(run_dir)}
     if data_file is None:
-        x = getattr(load_splits(config.data, config.train.seed), split)
+        splits = load_splits(config.data, config.train.seed)
+        x, labels = getattr(splits, split), getattr(splits, f"{split}_labels")
     else:
-        x, _ = load_data_file(data_file, vae.data_shape, Preprocessing.from_state(payload["preprocess"]))
+        x, labels = load_data_file(data_file, vae.data_shape, Preprocessing.from_state(payload["preprocess"]))
         split, report["data"] = "file", str(data_file)
+    if (iwae_samples or psis) and not isinstance(vae, VAE):
+        raise ValueError(f"--iwae-samples and --psis evaluate the one-layer VAE; this run is model type "
+                         f"{config.model.type!r} (its ELBO is reported without them)")
     if len(x) == 0:
         raise ValueError(f"the {split} split of {run_dir} is empty (its fraction is 0 in the config); "
                          "choose another --split")
     seed = config.train.seed if seed is None else int(seed)
     pyro.set_rng_seed(seed)
-    loss = make_objective("elbo", num_particles, getattr(vae, "max_plate_nesting", None))  # Pyro need not guess
-    report.update(split=split, n=len(x), elbo=elbo(vae, x, loss=loss), num_particles=num_particles, seed=seed,
+    loss = make_objective(objective_for(vae, "elbo"), num_particles, getattr(vae, "max_plate_nesting", None))
+    data = model_data(vae, x, labels, split=split) if len(x) else x  # held-out M2 labels hidden: log p(x) bound
+    report.update(split=split, n=len(x), elbo=elbo(vae, data, loss=loss), num_particles=num_particles, seed=seed,
                   epoch=payload["epoch"])
     if iwae_samples:
         from .evaluate import iwae_log_likelihood
@@ -343,6 +363,10 @@ def write_figures(vae, splits: DataSplits, history: list, run_dir) -> dict:
     x, labels = next(((getattr(splits, s), getattr(splits, f"{s}_labels")) for s in ("test", "val", "train")
                       if len(getattr(splits, s))))
     files = {"elbo": plots.plot_history(history, run_dir / "elbo.png")}
+    if not isinstance(vae, VAE):  # other model types: what they generate (by class where they take labels)
+        files["samples"] = plots.save_image_grid(_viewable(sample_grid(vae).cpu()), run_dir / "samples.png",
+                                                 nrow=10 if getattr(vae, "n_classes", None) else 8)
+        return files
 
     width = min(8, len(x))
     originals = x[:min(32, len(x)) // width * width]  # whole rows only, so pairs line up

@@ -141,6 +141,7 @@ def test_example_configs_validate_and_build(path, tmp_path):
     assert load_config(config.save(tmp_path / path.name)) == config
     vae = config.model.build(SHAPES.get(config.data.source, (20,)))
     assert vae.latent_dim == config.model.latent_dim
+    assert type(vae).__name__ == {"vae": "VAE", "stacked": "StackedVAE", "m2": "SSVAE"}[config.model.type]
     config.optim.build(config.train.epochs)
     config.objective.build()
 

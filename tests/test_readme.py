@@ -22,3 +22,17 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^python -m pytest$", ci, flags=re.M)
     install = 'pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev]"'
     assert install in readme and install.replace("pip install", "pip install --quiet") in ci
+
+
+def test_readme_model_type_table_lists_every_type_and_its_options():
+    """Each row of the model-type table names exactly the `[model]` keys that type accepts."""
+    from pyro_vae.config import ModelConfig
+    from pyro_vae.hierarchical import MODELS
+
+    text = (REPO / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z0-9]+)` \| ((?:`[^|]*`[^|]*)?)\| [^|]*\|$", text, flags=re.M))
+    assert set(rows) >= set(MODELS.names())
+    for name in MODELS.names():
+        listed = set(re.findall(r"`([a-z_]+)`", rows[name])) - {"bottom-up", "ladder"}
+        listed = {k for k in listed if not k.startswith("latent_dim ")}
+        assert listed == set(ModelConfig.type_options(MODELS[name])), name

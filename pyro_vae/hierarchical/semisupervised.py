@@ -18,8 +18,9 @@ unlabelled point gets the full ``-U(x) = sum_y q(y|x) (-L(x, y)) + H(q(y|x))``
 (Kingma et al. 2014, eq. 7-9). The plate's ``num_data / batch`` scale applies to
 both, and to the classification term, which is ``alpha`` per labelled point.
 
-Train with an enumerating objective: ``fit(m2, (x, y), objective="enum")`` or
-``objective=TraceEnum_ELBO(max_plate_nesting=1)``.
+``fit`` and ``elbo`` use an enumerating objective for it by themselves
+(``objective = "enum"`` on the class: the default ``"elbo"`` means
+``TraceEnum_ELBO(max_plate_nesting=1)``, the same bound with ``y`` summed exactly).
 
 References:
     1. Kingma, Rezende, Mohamed & Welling (2014), Semi-Supervised Learning with Deep Generative Models.
@@ -67,6 +68,7 @@ class SSVAE(DataModel):
     inputs = ("x", "y")
     latent_sites = ("y", "z")
     max_plate_nesting = 1  # y is enumerated at dim -2, left of the data plate
+    objective = "enum"  # fitted and evaluated with TraceEnum_ELBO (objectives.objective_for): y is summed exactly
 
     def __init__(self, data_shape, latent_dim: int = 50, n_classes: int = 10, prior="normal",
                  likelihood="bernoulli", net="mlp", classifier_hidden=(500,), activation: str = "softplus",
