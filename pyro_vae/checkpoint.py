@@ -23,15 +23,14 @@ with ``torch.load(weights_only=True)``: no pickled code runs on loading.
 
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
 
+from ._io import atomic_write
 from .config import Config
 
 __all__ = ["CHECKPOINT", "BEST", "CONFIG", "FORMAT", "save_checkpoint", "load_checkpoint", "versions", "load_run"]
@@ -48,34 +47,8 @@ def save_checkpoint(path, payload: dict) -> Path:
     A crash or an exception mid-write leaves the previous file at ``path`` intact
     and no temp file behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(_storable(payload), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    storable = _storable(payload)
+    return atomic_write(path, lambda fh: torch.save(storable, fh))
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

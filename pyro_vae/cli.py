@@ -10,9 +10,12 @@ Set ``PYRO_VAE_DEBUG=1`` to see the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -251,7 +254,29 @@ def _resume_settings(args) -> int | None:
     return getattr(args, _dest("--epochs"))
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's or `kill`'s stop) ends training like Ctrl-C: the last epoch is saved."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _train(args) -> int:
+    with _sigterm_as_interrupt():
+        return _train_run(args)
+
+
+def _train_run(args) -> int:
     from .run import resume_run, train_run
 
     start = time.perf_counter()
@@ -381,12 +406,12 @@ def main(argv=None) -> int:
     except Exception as err:
         if os.environ.get("PYRO_VAE_DEBUG"):
             raise
-        if not isinstance(err, (ConfigError, ValueError, TypeError, OSError, RuntimeError)):
+        if not isinstance(err, (ConfigError, ValueError, TypeError, OSError, RuntimeError, ArithmeticError)):
             raise
         print(f"{PROG} {args.command}: error: {_one_paragraph(err)}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"{PROG} {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
 
 

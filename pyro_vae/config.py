@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ._io import atomic_write_text
 from ._registry import did_you_mean
 from .data import PREPROCESS
 from .hierarchical.registry import MODELS
@@ -311,9 +312,8 @@ class Config:
         return _toml_document(self.to_dict())
 
     def save(self, path) -> Path:
-        path = Path(path)
-        path.write_text(self.to_toml(), encoding="utf-8")
-        return path
+        """Write the TOML file atomically (a kill mid-write leaves the previous file)."""
+        return atomic_write_text(path, self.to_toml())
 
 
 def _parts(config: Config) -> list:

@@ -26,6 +26,7 @@ import pyro
 import torch
 
 from . import plots
+from ._io import atomic_write_text
 from .checkpoint import BEST, CHECKPOINT, CONFIG, FORMAT, load_checkpoint, load_run, save_checkpoint, versions
 from .config import Config, DataConfig, OutputConfig, apply_overrides, config_key
 from .hierarchical import SSVAE
@@ -34,9 +35,9 @@ from .model import VAE
 from .data import DataSplits, load_dataset, load_file
 from .evaluate import elbo, elbo_decomposition
 from .objectives import make_objective, objective_for
-from .train import EarlyStopping, fit, rng_state
+from .train import EarlyStopping, TrainingDivergedError, fit, rng_state
 
-__all__ = ["RunResult", "train_run", "resume_run", "evaluate_run", "load_splits", "Preprocessing", "fit_preprocessing",
+__all__ = ["RunResult", "TrainingInterrupted", "train_run", "resume_run", "evaluate_run", "load_splits", "Preprocessing", "fit_preprocessing",
            "load_data_file", "write_figures", "default_run_dir", "resolve_device", "METRICS", "METRIC_KEYS"]
 
 METRICS = "metrics.jsonl"
@@ -247,8 +248,35 @@ def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True) -> 
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
-    path.write_text("".join(line for line in lines if json.loads(line)["epoch"] <= epoch), encoding="utf-8")
+    """Keep the metrics lines up to ``epoch`` (the checkpoint's), atomically; a line cut short by a kill is dropped."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the process died while writing this line
+            continue
+        if record.get("epoch", epoch + 1) <= epoch:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM from the CLI) during a run, after the last completed epoch was saved.
+
+    Attributes:
+        run_dir: the run directory.
+        epoch: the epoch now in ``checkpoint.pt`` (``None``: no epoch had completed, nothing to resume).
+    """
+
+    def __init__(self, run_dir: Path, epoch: int | None):
+        self.run_dir, self.epoch = run_dir, epoch
+        if epoch is None:
+            text = f"interrupted before the first epoch completed; {run_dir} holds no checkpoint to resume"
+        else:
+            text = (f"interrupted; {run_dir / CHECKPOINT} holds epoch {epoch}: continue with "
+                    f"`pyro-vae train --resume {run_dir}`")
+        super().__init__(text)
 
 
 def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict, *, resume, progress) -> RunResult:
@@ -267,21 +295,35 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
             record.update(kl=terms.kl, recon=terms.recon, active_units=terms.active_units)
         metrics.write(json.dumps(_metrics_line(record)) + "\n")
         metrics.flush()
-        last.update(snapshot=snapshot, saved=False)
+        last.update(snapshot=snapshot, saved=False, state=None)
         if record.get("best"):
             save_checkpoint(run_dir / BEST, {**snapshot(), **extra})
         if every and record["epoch"] % every == 0:
             save_checkpoint(run_dir / CHECKPOINT, {**snapshot(), **extra})
-            last["saved"] = True
+            last.update(saved=True, saved_epoch=record["epoch"])
+        else:  # kept in memory, so that Ctrl-C in the next epoch can still save this one exactly
+            last["state"] = snapshot()
 
     epochs = config.train.epochs
-    with open(run_dir / METRICS, "a", encoding="utf-8") as metrics:
-        result = fit(vae, train, epochs=epochs, batch_size=config.data.batch_size,
-                     optimizer=config.optim.build(epochs), objective=objective_for(vae, config.objective.spec()),
-                     num_particles=config.objective.num_particles, kl_weight=config.objective.kl(epochs),
-                     seed=None, val_data=val, val_every=config.train.val_every, early_stopping=early,
-                     resume=resume, train_transform=_epoch_transform(splits), on_epoch_end=on_epoch_end,
-                     progress=progress)
+    last["saved_epoch"] = resume["epoch"] if resume is not None else None
+    try:
+        with open(run_dir / METRICS, "a", encoding="utf-8") as metrics:
+            result = fit(vae, train, epochs=epochs, batch_size=config.data.batch_size,
+                         optimizer=config.optim.build(epochs), objective=objective_for(vae, config.objective.spec()),
+                         num_particles=config.objective.num_particles, kl_weight=config.objective.kl(epochs),
+                         seed=None, val_data=val, val_every=config.train.val_every, early_stopping=early,
+                         resume=resume, train_transform=_epoch_transform(splits), on_epoch_end=on_epoch_end,
+                         progress=progress)
+    except KeyboardInterrupt:
+        if last.get("state") is not None:
+            save_checkpoint(run_dir / CHECKPOINT, {**last["state"], **extra})
+            last["saved_epoch"] = last["state"]["epoch"]
+        raise TrainingInterrupted(run_dir, last["saved_epoch"]) from None
+    except TrainingDivergedError as err:
+        kept = (f"{run_dir / CHECKPOINT} still holds epoch {last['saved_epoch']}"
+                if last["saved_epoch"] is not None else "no checkpoint had been written yet")
+        raise TrainingDivergedError(f"{err} Nothing was saved from the diverged step: {kept}.",
+                                    err.epoch, err.step) from err
     if not last.get("saved", False) and (last or resume is None):  # the final epoch is always saved
         state = last["snapshot"]() if last else {"epoch": 0, "step": 0, "model": vae.state_dict(), "optim": {},
                                                  "rng": rng_state(), "history": [], "step_losses": []}
@@ -292,8 +334,8 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
     files.update(write_figures(vae, splits, result.history, run_dir))
     if isinstance(vae, SSVAE) and splits.test_labels is not None and len(splits.test):
         accuracy = vae.accuracy(splits.test, splits.test_labels)
-        (run_dir / "accuracy.json").write_text(json.dumps({"test_accuracy": accuracy, "n": len(splits.test),
-                                                          "labelled": config.data.labelled}, indent=2))
+        atomic_write_text(run_dir / "accuracy.json", json.dumps({"test_accuracy": accuracy, "n": len(splits.test),
+                                                                 "labelled": config.data.labelled}, indent=2))
         files["accuracy"] = run_dir / "accuracy.json"
     return RunResult(run_dir, config, vae, splits, result.history, files)
 
@@ -351,7 +393,7 @@ def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles:
                       khat_median=float(finite.median()) if len(finite) else None,
                       khat_plot=str(Path(run_dir) / f"khat-{split}.png"))
     if iwae_samples or psis:
-        Path(run_dir, f"evaluation-{split}.json").write_text(json.dumps(report, indent=2))
+        atomic_write_text(Path(run_dir, f"evaluation-{split}.json"), json.dumps(report, indent=2))
     return report
 
 

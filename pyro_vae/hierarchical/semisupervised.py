@@ -132,7 +132,8 @@ class SSVAE(DataModel):
             out = pyro.sample("x", self.likelihood(params), obs=x)
             if x is not None and labelled is not None and self.alpha > 0:
                 log_q = self._logits(x).log_softmax(-1).gather(-1, labels[:, None])[:, 0]
-                pyro.factor("classifier", self.alpha * log_q * labelled)
+                with poutine.scale(scale=self.alpha):  # the auxiliary classification loss (Kingma et al. eq. 9)
+                    pyro.factor("classifier", log_q * labelled)
             return out
 
     def guide(self, x=None, y=None, w=None, idx=None, num_data=None, n=None):
