@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae.data import load_dataset
-from pyro_vae.hierarchical import SSVAE, repeat_labelled
+from pyro_vae.hierarchical import SSVAE
 from pyro_vae.train import fit
 
 REFERENCE = {100: 0.9319, 600: 0.9437, 1000: 0.9487, 3000: 0.9582}  # ANCHORS.md, Pyro's SS-VAE tutorial
@@ -77,8 +77,7 @@ def run(data, n_labels: int, seed: int, args) -> dict:
                   f"{record['train_elbo']:.2f}, val accuracy {curve[-1][1]:.4f}", flush=True)
 
     start = time.perf_counter()
-    train = (data.train, y) if args.labelled_share is None else repeat_labelled(data.train, y, args.labelled_share)
-    fit(m2, tuple(t for t in train if t is not None), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, objective="enum",
+    fit(m2, (data.train, y), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, objective="enum",
         seed=seed, progress=False, on_epoch_end=on_epoch_end)
     return {"labels": n_labels, "seed": seed, "epochs": args.epochs, "test_accuracy": m2.accuracy(data.test, data.test_labels),
             "val_curve": curve, "seconds": round(time.perf_counter() - start, 1)}
@@ -90,8 +89,6 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--alpha", type=float, default=46.0, help="classifier-loss weight per labelled point")
-    p.add_argument("--labelled-share", type=float, default=None,
-                   help="repeat labelled images to about this share of each epoch, weighted down (repeat_labelled)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--latent-dim", type=int, default=50)

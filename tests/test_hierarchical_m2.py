@@ -19,7 +19,7 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae import fit
-from pyro_vae.hierarchical import SSVAE, one_hot, repeat_labelled
+from pyro_vae.hierarchical import SSVAE, one_hot
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
@@ -84,43 +84,6 @@ def test_enumerated_elbo_equals_explicit_sum_mixed_batch(float64):
     assert value == pytest.approx(by_hand.sum().item(), rel=1e-5)
     # The labelled terms are not the unlabelled sum: the check can tell them apart.
     assert by_hand.sum().item() != pytest.approx(elbo_by_hand(m2, x, None, z).sum().item(), rel=1e-3)
-
-
-def test_per_point_weights_scale_each_term_under_enumeration(float64):
-    """``w`` enters as ``poutine.scale`` per point: Pyro's enumerated ELBO is then sum_n w_n ELBO_n by hand."""
-    m2 = small_m2(alpha=2.0)
-    x = torch.rand(6, 1, 8, 8)
-    y = torch.tensor([3, -1, 0, -1, 9, 2])
-    w = torch.tensor([0.5, 1.0, 0.25, 2.0, 0.5, 1.0])
-    pyro.set_rng_seed(3)
-    z = poutine.trace(poutine.enum(m2.guide, first_available_dim=-2)).get_trace(x, y, w).nodes["z"]["value"]
-    pyro.set_rng_seed(3)
-    value = -TraceEnum_ELBO(max_plate_nesting=1).loss(m2.model, m2.guide, x, y, w)
-    per_point = elbo_by_hand(m2, x, y, z)
-    assert value == pytest.approx((w * per_point).sum().item(), rel=1e-6)
-    assert value != pytest.approx(per_point.sum().item(), rel=1e-3)
-    with pytest.raises(ValueError, match="weights w must be positive"):
-        m2.guide(x, y, -w)
-
-
-def test_repeat_labelled_keeps_the_objective_and_reaches_the_share():
-    """Every original point keeps total weight c = N'/N over its copies, so the weighted sum is the
-    original objective (times c); the labelled copies make up about ``share`` of the epoch."""
-    x = torch.arange(1000.0)[:, None]
-    y = torch.full((1000,), -1)
-    y[:10] = torch.arange(10)
-    xr, yr, w = repeat_labelled(x, y, share=0.2)
-    repeats = round(0.2 * 990 / (0.8 * 10))
-    assert len(yr) == 1000 + 10 * (repeats - 1)
-    assert (yr >= 0).float().mean().item() == pytest.approx(0.2, abs=0.01)
-    c = len(yr) / 1000
-    total = torch.zeros(1000, dtype=torch.float64).index_add_(0, xr[:, 0].long(), w.double())
-    assert torch.allclose(total, torch.full((1000,), c, dtype=torch.float64))
-    assert w.sum().item() == pytest.approx(len(yr))  # so fit's loss per point stays a loss per original point
-    assert torch.equal(yr, y[xr[:, 0].long()])  # copies carry their own labels
-    assert repeat_labelled(x, torch.full((1000,), -1), 0.2)[2] is None  # nothing to repeat
-    with pytest.raises(ValueError, match="share"):
-        repeat_labelled(x, y, 1.0)
 
 
 def test_enumerated_gradients_equal_the_explicit_sum(float64):

@@ -20,13 +20,12 @@ from .conditional import CVAE, fill_hidden, quadrant_task
 from .grouped import GroupedVAE
 from .parts import ConditionalNormal, ContextDecoder, ContextEncoder, OffsetPrior, one_hot, precision_merge
 from .registry import MODELS, make_model
-from .semisupervised import SSVAE, repeat_labelled
+from .semisupervised import SSVAE
 from .stacked import StackedVAE
 
 __all__ = [
     "StackedVAE",
     "SSVAE",
-    "repeat_labelled",
     "CVAE",
     "GroupedVAE",
     "ConditionalNormal",

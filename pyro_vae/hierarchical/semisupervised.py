@@ -28,7 +28,6 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pyro
@@ -42,7 +41,7 @@ from ..nets import make_activation
 from ..priors import VampPrior, make_prior
 from .parts import ContextDecoder, ContextEncoder, DataModel, one_hot
 
-__all__ = ["SSVAE", "repeat_labelled"]
+__all__ = ["SSVAE"]
 
 
 class SSVAE(DataModel):
@@ -110,21 +109,12 @@ class SSVAE(DataModel):
         labelled = y >= 0
         return y.clamp(min=0).long(), labelled
 
-    def _weights(self, w, batch):
-        """``poutine.scale`` by the per-point weights ``w: [B]`` (``None``: no scaling)."""
-        if w is None:
-            return contextlib.nullcontext()
-        if w.shape != (batch,) or not bool((w > 0).all()):
-            raise ValueError(f"weights w must be positive with shape [{batch}], one per point; got shape "
-                             f"{list(w.shape)}" + ("" if w.shape != (batch,) else f", min {float(w.min())}"))
-        return poutine.scale(scale=w)
-
-    def model(self, x=None, y=None, w=None, idx=None, num_data=None, n=None):
+    def model(self, x=None, y=None, idx=None, num_data=None, n=None):
         """``y ~ Cat(1/K)``, ``z ~ p(z)``, ``x ~ p(x | decoder(z, y))``; ``alpha log q(y|x)`` on labelled points."""
         pyro.module(self.name, self)
         batch = x.shape[0] if x is not None else n
         labels, labelled = self._labels(y, batch)
-        with self._plate(x, idx, num_data, n), self._weights(w, batch):
+        with self._plate(x, idx, num_data, n):
             # The guide pins y for labelled points and enumerates it for the others (see the module docstring).
             y_site = pyro.sample("y", dist.Categorical(logits=self._flat_logits))
             z = pyro.sample("z", self.prior())
@@ -136,13 +126,13 @@ class SSVAE(DataModel):
                     pyro.factor("classifier", log_q * labelled)
             return out
 
-    def guide(self, x=None, y=None, w=None, idx=None, num_data=None, n=None):
+    def guide(self, x=None, y=None, idx=None, num_data=None, n=None):
         """``y ~ q(y | x)`` (enumerated; a point mass for labelled points), ``z ~ q(z | x, y)``."""
         pyro.module(self.name, self)
         if x is None:
             raise ValueError("the guide needs data x")
         labels, labelled = self._labels(y, x.shape[0])
-        with self._plate(x, idx, num_data, n), self._weights(w, x.shape[0]):
+        with self._plate(x, idx, num_data, n):
             logits = self._logits(x).log_softmax(-1)
             if labelled is not None:
                 pinned = torch.full_like(logits, -math.inf).scatter(-1, labels[:, None], 0.0)
@@ -192,38 +182,3 @@ class SSVAE(DataModel):
         labels = draws["y"][0] if y is None else y
         return self.decode(draws["z"][0], labels) if mean else draws["x"][0]
 
-
-def repeat_labelled(x: torch.Tensor, y: torch.Tensor, share: float = 0.1):
-    """``(x, y, w)``: the labelled points repeated so they make up about ``share`` of each epoch, weighted down.
-
-    Each labelled point appears ``R`` times, ``R = round(share N_u / ((1 - share) N_l))``,
-    with weight ``c / R`` against ``c`` for an unlabelled point, where
-    ``c = N' / N`` (``N'`` points after repetition). The objective is unchanged,
-    the same sum over the ``N`` original points::
-
-        sum_l R (c / R) [L(x_l, y_l) + alpha log q(y_l | x_l)] + sum_u c U(x_u),
-
-    only spread over more minibatches: with 100 labels among 50,000 points a
-    labelled point is otherwise in one minibatch of 250, and Adam, whose step
-    is bounded by the learning rate, all but ignores such rare large gradients.
-    ``c`` keeps the loss per point of :func:`~pyro_vae.train.fit` a loss per
-    original point. ``R = 1`` (already enough labels) returns ``w = None``.
-
-    Args:
-        x: ``[N, *data_shape]``; y: ``[N]`` labels with ``-1`` for unlabelled points.
-        share: target fraction of labelled points per epoch, in ``(0, 1)``.
-    """
-    if not 0.0 < share < 1.0:
-        raise ValueError(f"share must be in (0, 1), got {share}")
-    labelled = (y >= 0).nonzero()[:, 0]
-    n, n_lab = len(y), len(labelled)
-    if n_lab == 0 or n_lab == n:
-        return x, y, None
-    repeats = max(1, round(share * (n - n_lab) / ((1.0 - share) * n_lab)))
-    if repeats == 1:
-        return x, y, None
-    extra = labelled.repeat(repeats - 1)
-    x_out, y_out = torch.cat([x, x[extra]]), torch.cat([y, y[extra]])
-    c = len(y_out) / n
-    w = torch.where(y_out >= 0, c / repeats, c).to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
-    return x_out, y_out, w
