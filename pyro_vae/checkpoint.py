@@ -23,7 +23,9 @@ with ``torch.load(weights_only=True)``: no pickled code runs on loading.
 
 from __future__ import annotations
 
+import pickle
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +60,24 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # what torch's weights-only unpickler would not import
+        if found is None:
+            raise ValueError(f"{path}: not a readable pyro_vae checkpoint (truncated or corrupt: "
+                             f"{' '.join(str(err).split()[-12:])})") from err
+        raise ValueError(f"{path}: refused to load: the file holds pickled Python objects ({found.group(1)}), not "
+                         "only tensors and plain data, and unpickling them could run code. pyro_vae checkpoints "
+                         "never do; if you made this file yourself and trust it, re-save its tensors as a plain "
+                         "dict") from err
     except Exception as err:  # torch raises many types for a truncated or foreign file
-        first = (str(err).strip().splitlines() or [""])[0][:300]
-        raise ValueError(f"{path}: not a readable pyro_vae checkpoint ({type(err).__name__}: {first})") from err
+        raise ValueError(f"{path}: not a readable pyro_vae checkpoint ({type(err).__name__}: {_first(err)})") from err
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: not a pyro_vae checkpoint (holds a {type(payload).__name__}, not a dict)")
     return _restored(payload)
+
+
+def _first(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
 
 
 def _storable(payload: dict) -> dict:
@@ -96,6 +110,18 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+def load_run_checkpoint(path, map_location="cpu") -> dict:
+    """:func:`load_checkpoint` plus the checks that it is a run's checkpoint of a format this version reads."""
+    payload = load_checkpoint(path, map_location=map_location)
+    missing = [k for k in ("config", "data_shape", "model", "epoch") if k not in payload]
+    if missing:
+        raise ValueError(f"{path}: not a pyro_vae run checkpoint (no {', '.join(missing)}); was it written by "
+                         "pyro-vae train?")
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r} is not supported (expected {FORMAT})")
+    return payload
+
+
 def load_run(run_dir, checkpoint: str = CHECKPOINT, map_location="cpu"):
     """Rebuild a trained VAE from a run directory.
 
@@ -109,12 +135,15 @@ def load_run(run_dir, checkpoint: str = CHECKPOINT, map_location="cpu"):
     path = run_dir / checkpoint
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} holds no {checkpoint}; is it a pyro-vae run directory?")
-    payload = load_checkpoint(path, map_location=map_location)
-    if payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r} is not supported (expected {FORMAT})")
+    payload = load_run_checkpoint(path, map_location=map_location)
     config = Config.from_dict(payload["config"])
     vae = config.model.build(payload["data_shape"])
-    vae.load_state_dict(payload["model"])
+    try:
+        vae.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:400]
+        raise ValueError(f"{path}: its weights do not fit the model its config describes ({detail}); the file "
+                         "was altered or mixed with another run's") from err
     vae.to(map_location)
     vae.eval()
     return vae, config, payload

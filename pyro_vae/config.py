@@ -81,8 +81,17 @@ class DataConfig:
     preprocess: str = "scale"  # none | scale ([0, 1]) | binarize | dynamic-binarize | standardize
     val_fraction: float = 0.1
     test_fraction: float = 0.1  # unused by torchvision datasets, which keep their official test set
-    batch_size: int = 128
+    batch_size: int | None = None  # unset: 128, or every training point if there are fewer; set: exactly this
     labelled: int | None = None  # model type m2: training points that keep their label (balanced over classes)
+
+    def batch(self, n_train: int) -> int:
+        """The minibatch size for ``n_train`` training points; an explicit size larger than that is an error."""
+        if self.batch_size is None:
+            return min(128, n_train)
+        if self.batch_size > n_train:
+            raise ConfigError(f"data.batch_size: {self.batch_size} is larger than the {n_train} training points; "
+                              f"set --batch-size {n_train} or less, or use more data")
+        return self.batch_size
 
     def check(self) -> None:
         _require(self.labelled is None or self.labelled >= 1, "data.labelled",
@@ -93,7 +102,8 @@ class DataConfig:
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"data.{name}", f"must be in [0, 1), got {value}")
-        _require(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.batch_size is not None:
+            _require(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
 
 
 def _default_net() -> dict:

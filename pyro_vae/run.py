@@ -143,8 +143,9 @@ def load_data_file(path, data_shape, preprocessing: Preprocessing | None = None)
     data_shape = tuple(data_shape)
     if x.shape[1:] != data_shape:
         if x[0].numel() != torch.Size(data_shape).numel():
-            raise ValueError(f"{path}: rows of shape {tuple(x.shape[1:])} do not fit the model, which expects "
-                             f"data points of shape {data_shape}")
+            raise ValueError(f"{path}: rows of shape {tuple(x.shape[1:])} do not fit the model, which was trained on "
+                             f"data points of shape {data_shape} ({torch.Size(data_shape).numel()} values each); "
+                             "pass data with the training data's features, or train a run on this data")
         x = x.reshape(-1, *data_shape)
     return (x if preprocessing is None else preprocessing(x)), labels
 
@@ -212,8 +213,16 @@ def train_run(config: Config, *, progress: bool = True) -> RunResult:
     config.objective.build()
     with config_key("objective.name"):
         objective_for(vae, config.objective.spec())
-    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing behind
-    config.save(run_dir / CONFIG)
+    config.data.batch(len(splits.train))  # an explicit batch larger than the data fails before any work
+    for split in (splits.train, splits.val):
+        if len(split):
+            vae.check_data(split)  # NaN, shape, the likelihood's support: refused before the run directory exists
+    try:  # only now: a run that cannot start leaves nothing behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG)
+    except OSError as err:
+        raise OSError(f"cannot write the run directory {str(run_dir)!r} ({err.strerror or err}); choose a "
+                      "writable place with --out (output.run_dir)") from err
     extra = {"format": FORMAT, "data_shape": list(splits.data_shape), "config": config.to_dict(),
              "preprocess": preprocessing.state(), "versions": versions()}
     return _fit_run(config, run_dir, splits, vae, extra, resume=None, progress=progress)
@@ -228,10 +237,7 @@ def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True) -> 
     epochs after the checkpoint (written before an interruption) are replaced.
     """
     run_dir = Path(run_dir)
-    payload = load_checkpoint(run_dir / CHECKPOINT) if run_dir.is_dir() else None
-    if payload is None:
-        raise FileNotFoundError(f"run directory {str(run_dir)!r} not found")
-    config = Config.from_dict(payload["config"])
+    _, config, payload = load_run(run_dir)  # refuses a damaged, foreign or mismatched checkpoint up front
     if epochs is not None:
         config = apply_overrides(config, {"train.epochs": int(epochs)})
     if payload["epoch"] >= config.train.epochs:
@@ -308,7 +314,7 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
     last["saved_epoch"] = resume["epoch"] if resume is not None else None
     try:
         with open(run_dir / METRICS, "a", encoding="utf-8") as metrics:
-            result = fit(vae, train, epochs=epochs, batch_size=config.data.batch_size,
+            result = fit(vae, train, epochs=epochs, batch_size=config.data.batch(len(splits.train)),
                          optimizer=config.optim.build(epochs), objective=objective_for(vae, config.objective.spec()),
                          num_particles=config.objective.num_particles, kl_weight=config.objective.kl(epochs),
                          seed=None, val_data=val, val_every=config.train.val_every, early_stopping=early,

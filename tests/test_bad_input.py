@@ -1,0 +1,148 @@
+"""The bad-input matrix: every case exits non-zero with one line naming the problem and the fix.
+
+Each row runs `pyro-vae` in-process on files made here and checks the exit code,
+the words of the message, that no traceback was printed and that nothing was
+left behind. Config typos, unknown component names and wrong value types are
+the matrix of ``tests/test_cli.py::test_errors_are_one_clear_message``.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.checkpoint import load_checkpoint, load_run, save_checkpoint
+from pyro_vae.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    np.save(d / "nan.npy", np.where(np.eye(40, 6) > 0, np.nan, 0.5).astype(np.float32))
+    np.save(d / "inf.npy", np.where(np.eye(40, 6) > 0, np.inf, 0.5).astype(np.float32))
+    np.save(d / "big.npy", np.full((40, 6), 3.0, dtype=np.float32))
+    np.save(d / "counts.npy", rng.random((40, 6)).astype(np.float32) * 5)  # not integers
+    np.save(d / "empty.npy", np.zeros((0, 6), dtype=np.float32))
+    np.save(d / "ok.npy", rng.random((40, 6)).astype(np.float32))
+    np.save(d / "wide.npy", rng.random((40, 7)).astype(np.float32))
+    (d / "a_file").write_text("not a folder")
+    assert main(["train", "--data", str(d / "ok.npy"), "--out", str(d / "run"), "--epochs", "1", "--hidden", "8",
+                 "--latent-dim", "2", "--quiet"]) == 0
+    return d
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+TRAIN = ["train", "--epochs", "1", "--hidden", "8", "--quiet", "--preprocess", "none"]
+
+MATRIX = [
+    # (id, argv with {d} for the files folder, exit code, words of the message: the problem and the fix)
+    ("nan", [*TRAIN, "--data", "{d}/nan.npy"], 1, ["NaN or Inf", "remove or impute them"]),
+    ("inf", [*TRAIN, "--data", "{d}/inf.npy"], 1, ["NaN or Inf", "remove or impute them"]),
+    ("outside-bernoulli", [*TRAIN, "--data", "{d}/big.npy"], 1,
+     ["outside the support of the 'bernoulli' likelihood", "preprocess 'scale'"]),
+    ("non-integer-counts", [*TRAIN, "--data", "{d}/counts.npy", "--likelihood", "poisson"], 1,
+     ["poisson", "integer"]),
+    ("empty", [*TRAIN, "--data", "{d}/empty.npy"], 1, ["data is empty", "at least one sample"]),
+    ("batch-larger-than-data", [*TRAIN, "--data", "{d}/ok.npy", "--batch-size", "512"], 2,
+     ["data.batch_size: 512 is larger than the 32 training points", "--batch-size 32 or less"]),
+    ("latent-dim-zero", [*TRAIN, "--latent-dim", "0"], 2, ["model.latent_dim: must be >= 1, got 0"]),
+    ("unknown-objective", [*TRAIN, "--objective", "iwea"], 2, ["unknown objective 'iwea'", "Did you mean 'iwae'?"]),
+    ("unknown-model-type", [*TRAIN, "--model", "stacket"], 2, ["unknown model 'stacket'", "Did you mean 'stacked'?"]),
+    ("run-dir-not-writable", [*TRAIN, "--data", "{d}/ok.npy", "--out", "{d}/a_file/run"], 1,
+     ["cannot write the run directory", "choose a writable place with --out"]),
+    ("missing-data-file", [*TRAIN, "--data", "{d}/nowhere.npy"], 1, ["nowhere.npy: no such data file"]),
+    ("shape-vs-checkpoint", ["evaluate", "{d}/run", "--data", "{d}/wide.npy"], 1,
+     ["rows of shape (7,) do not fit the model, which was trained on data points of shape (6,)",
+      "pass data with the training data's features"]),
+    ("encode-shape-vs-checkpoint", ["encode", "{d}/run", "{d}/wide.npy", "--out", "{d}/z.npy"], 1,
+     ["rows of shape (7,) do not fit the model", "pass data with the training data's features"]),
+]
+
+
+@pytest.mark.parametrize("argv, code, words", [m[1:] for m in MATRIX], ids=[m[0] for m in MATRIX])
+def test_bad_input_matrix(files, argv, code, words, capsys, tmp_path):
+    argv = [a.format(d=files) for a in argv]
+    if argv[0] == "train" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "run")]
+    got, err = _run(argv, capsys)
+    assert got == code, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one line, no traceback wall
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "run").exists()  # a refused run leaves nothing behind
+
+
+def _copy_run(files, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(files / "run", run)
+    return run
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("garbage", "not a readable pyro_vae checkpoint"),
+    ("truncated", "not a readable pyro_vae checkpoint"),
+    ("foreign", "not a pyro_vae run checkpoint (no config, data_shape"),
+    ("mismatched", "its weights do not fit the model its config describes"),
+])
+def test_damaged_checkpoints_are_refused_clearly(files, tmp_path, damage, words, capsys):
+    run = _copy_run(files, tmp_path)
+    path = run / "checkpoint.pt"
+    if damage == "garbage":
+        path.write_bytes(os.urandom(2000))
+    elif damage == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    else:  # the config says latent_dim 5, the weights are for 2
+        payload = load_checkpoint(path)
+        payload["config"]["model"]["latent_dim"] = 5
+        save_checkpoint(path, payload)
+    for command in (["evaluate", str(run)], ["sample", str(run), "--out", str(tmp_path / "s.png")],
+                    ["train", "--resume", str(run), "--epochs", "3", "--quiet"]):
+        code, err = _run(command, capsys)
+        assert code == 1 and words in err and "Traceback" not in err, (command, err)
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted 'checkpoint' could do under plain torch.load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pickle_is_refused_and_its_code_never_runs(files, tmp_path, capsys):
+    run = _copy_run(files, tmp_path)
+    marker = tmp_path / "code-ran"
+    payload = torch.load(run / "checkpoint.pt", weights_only=True)  # the stored form: tensors and plain data
+    payload["evil"] = _RunsCode(marker)
+    torch.save(payload, run / "checkpoint.pt")  # plain pickle inside torch's zip format
+    with pytest.raises(ValueError, match=r"refused to load: the file holds pickled Python objects \(posix\.system\)"):
+        load_run(run)
+    code, err = _run(["evaluate", str(run)], capsys)
+    assert code == 1 and "refused to load" in err
+    assert not marker.exists()
+    # the payload is real: plain torch.load (weights_only=False) runs it
+    torch.load(run / "checkpoint.pt", weights_only=False)
+    assert marker.exists()
+
+
+def test_config_files_are_data_not_code(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    config = tmp_path / "c.toml"
+    config.write_text(f"[model]\nlatent_dim = \"__import__('os').system('touch {marker}')\"\n")
+    code, err = _run(["train", "--config", str(config), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "model.latent_dim: expected an integer, got a string" in err
+    assert not marker.exists()
