@@ -26,6 +26,7 @@ from __future__ import annotations
 import pickle
 import platform
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; the error below says more
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))  # what torch's weights-only unpickler would not import
         if found is None:
