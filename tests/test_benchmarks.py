@@ -21,3 +21,13 @@ def test_training_benchmark_runs_and_reports_every_case(tmp_path):
             assert row[key] > 0, (row["case"], key)
         assert row["step_ratio"] == row["lib_step_ms"] / row["ref_step_ms"]
     assert "| tiny |" in (tmp_path / "train.md").read_text()
+
+
+def test_soak_runs_random_configs_and_reports(tmp_path):
+    """A few soak runs, so the soak command never rots (its long runs are recorded in benchmarks/RESULTS.md)."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--runs", "4", "--seed", "5",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "soak.json").read_text())
+    assert report["runs"] == 4 and report["ok"] + report["refused"] == 4 and report["failed"] == 0
+    assert report["ok"] >= 1
