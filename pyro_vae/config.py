@@ -251,8 +251,11 @@ class TrainConfig:
     checkpoint_every: int = 5  # epochs between checkpoint.pt writes (0: only at the end); the last epoch always saves
     early_stopping: int | None = None  # patience: validations without improvement before stopping (unset: off)
     min_delta: float = 0.0  # improvement of the validation ELBO (nats) that resets the patience
+    on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" (keep the last checkpoint) or "skip" the step
 
     def check(self) -> None:
+        _require(self.on_nonfinite in ("stop", "skip"), "train.on_nonfinite",
+                 f"must be 'stop' or 'skip', got {self.on_nonfinite!r}")
         if self.early_stopping is not None:
             _require(self.early_stopping >= 1, "train.early_stopping",
                      f"patience must be >= 1 validation, got {self.early_stopping}")

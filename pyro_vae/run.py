@@ -319,7 +319,7 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
                          num_particles=config.objective.num_particles, kl_weight=config.objective.kl(epochs),
                          seed=None, val_data=val, val_every=config.train.val_every, early_stopping=early,
                          resume=resume, train_transform=_epoch_transform(splits), on_epoch_end=on_epoch_end,
-                         progress=progress)
+                         on_nonfinite=config.train.on_nonfinite, progress=progress)
     except KeyboardInterrupt:
         if last.get("state") is not None:
             save_checkpoint(run_dir / CHECKPOINT, {**last["state"], **extra})

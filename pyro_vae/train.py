@@ -25,6 +25,7 @@ import copy
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, NamedTuple
 
@@ -229,10 +230,10 @@ class TrainingDivergedError(FloatingPointError):
         self.epoch, self.step = epoch, step
 
 
-_DIVERGED_HINT = ("The weights keep their values from before this step. Likely causes: a learning rate too high "
-                  "(lower lr, e.g. by 10x, or set clip_norm), a likelihood scale collapsing towards 0 (use "
-                  "likelihood options such as a scale floor or a fixed scale), or extreme data values (check the "
-                  "preprocessing). on_nonfinite='skip' skips such steps instead of stopping.")
+_DIVERGED_HINT = ("Likely causes: a learning rate too high (lower lr, e.g. by 10x, or set clip_norm), a "
+                  "likelihood scale collapsing towards 0 (use likelihood options such as a scale floor or a fixed "
+                  "scale), or extreme data values (check the preprocessing).")
+_SKIP_HINT = " To skip such steps instead: on_nonfinite='skip' (config: train.on_nonfinite = \"skip\")."
 
 
 class Stepper:
@@ -257,7 +258,9 @@ class Stepper:
         self.validate = validate
 
     def __call__(self, *args, **kwargs) -> float | None:
-        with pyro.validation_enabled(self.validate), poutine.trace(param_only=True) as capture:
+        with pyro.validation_enabled(self.validate), poutine.trace(param_only=True) as capture, \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Encountered NaN")  # reported below, once, with the step
             loss = self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
         params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
         loss = float(loss)
@@ -385,7 +388,8 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
                 if on_nonfinite == "stop":
                     raise TrainingDivergedError(
                         f"the loss or a gradient became NaN/Inf at step {step} (epoch {epoch}, minibatch "
-                        f"{lo // batch + 1} of {steps_per_epoch}). {_DIVERGED_HINT}", epoch, step)
+                        f"{lo // batch + 1} of {steps_per_epoch}); the weights keep their values from before "
+                        f"this step. {_DIVERGED_HINT}{_SKIP_HINT}", epoch, step)
                 skipped += 1
                 continue
             epoch_losses.append(step_loss / n)

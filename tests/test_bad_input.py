@@ -146,3 +146,23 @@ def test_config_files_are_data_not_code(tmp_path, capsys):
     code, err = _run(["train", "--config", str(config), "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and "model.latent_dim: expected an integer, got a string" in err
     assert not marker.exists()
+
+
+def test_divergence_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    """lr x 1e12 after epoch 1: the NaN appears in epoch 2; the run stops there, naming the step and the
+    likely causes, and checkpoint.pt still holds epoch 1 with finite weights."""
+    run = tmp_path / "run"
+    flags = ["train", "--epochs", "4", "--hidden", "16", "--quiet", "--lr-schedule", "exponential",
+             "--set", "optim.lr_schedule.gamma=1e12", "--set", "train.checkpoint_every=1"]
+    code, err = _run([*flags, "--out", str(run)], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err and "Encountered NaN" not in err
+    assert "became NaN/Inf at step 14 (epoch 2, minibatch 2 of 12)" in err
+    assert "a learning rate too high" in err and 'train.on_nonfinite = "skip"' in err
+    assert f"{run / 'checkpoint.pt'} still holds epoch 1" in err
+    payload = load_checkpoint(run / "checkpoint.pt")
+    assert payload["epoch"] == 1 and all(torch.isfinite(v).all() for v in payload["model"].values())
+
+    code, err = _run([*flags, "--out", str(tmp_path / "skip"), "--set", 'train.on_nonfinite="skip"'], capsys)
+    assert code == 1 and "every step of epoch 3 had a NaN/Inf loss or gradient and was skipped" in err
+    lines = (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()
+    assert '"skipped_steps": 0' in lines[0] and '"skipped_steps": 11' in lines[1]  # one step made it through
