@@ -14,6 +14,7 @@ import torch
 
 from pyro_vae.checkpoint import load_checkpoint, load_run, save_checkpoint
 from pyro_vae.cli import main
+from pyro_vae.config import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -42,35 +43,41 @@ def _run(argv, capsys):
 TRAIN = ["train", "--epochs", "1", "--hidden", "8", "--quiet", "--preprocess", "none"]
 
 MATRIX = [
-    # (id, argv with {d} for the files folder, exit code, words of the message: the problem and the fix)
-    ("nan", [*TRAIN, "--data", "{d}/nan.npy"], 1, ["NaN or Inf", "remove or impute them"]),
-    ("inf", [*TRAIN, "--data", "{d}/inf.npy"], 1, ["NaN or Inf", "remove or impute them"]),
-    ("outside-bernoulli", [*TRAIN, "--data", "{d}/big.npy"], 1,
+    # (id, exception type, argv with {d} for the files folder, exit code, words of the message: problem and fix)
+    ("nan", ValueError, [*TRAIN, "--data", "{d}/nan.npy"], 1, ["NaN or Inf", "remove or impute them"]),
+    ("inf", ValueError, [*TRAIN, "--data", "{d}/inf.npy"], 1, ["NaN or Inf", "remove or impute them"]),
+    ("outside-bernoulli", ValueError, [*TRAIN, "--data", "{d}/big.npy"], 1,
      ["outside the support of the 'bernoulli' likelihood", "preprocess 'scale'"]),
-    ("non-integer-counts", [*TRAIN, "--data", "{d}/counts.npy", "--likelihood", "poisson"], 1,
+    ("non-integer-counts", ValueError, [*TRAIN, "--data", "{d}/counts.npy", "--likelihood", "poisson"], 1,
      ["poisson", "integer"]),
-    ("empty", [*TRAIN, "--data", "{d}/empty.npy"], 1, ["data is empty", "at least one sample"]),
-    ("batch-larger-than-data", [*TRAIN, "--data", "{d}/ok.npy", "--batch-size", "512"], 2,
+    ("empty", ValueError, [*TRAIN, "--data", "{d}/empty.npy"], 1, ["data is empty", "at least one sample"]),
+    ("batch-larger-than-data", ConfigError, [*TRAIN, "--data", "{d}/ok.npy", "--batch-size", "512"], 2,
      ["data.batch_size: 512 is larger than the 32 training points", "--batch-size 32 or less"]),
-    ("latent-dim-zero", [*TRAIN, "--latent-dim", "0"], 2, ["model.latent_dim: must be >= 1, got 0"]),
-    ("unknown-objective", [*TRAIN, "--objective", "iwea"], 2, ["unknown objective 'iwea'", "Did you mean 'iwae'?"]),
-    ("unknown-model-type", [*TRAIN, "--model", "stacket"], 2, ["unknown model 'stacket'", "Did you mean 'stacked'?"]),
-    ("run-dir-not-writable", [*TRAIN, "--data", "{d}/ok.npy", "--out", "{d}/a_file/run"], 1,
+    ("latent-dim-zero", ConfigError, [*TRAIN, "--latent-dim", "0"], 2, ["model.latent_dim: must be >= 1, got 0"]),
+    ("unknown-objective", ConfigError, [*TRAIN, "--objective", "iwea"], 2, ["unknown objective 'iwea'", "Did you mean 'iwae'?"]),
+    ("unknown-model-type", ConfigError, [*TRAIN, "--model", "stacket"], 2, ["unknown model 'stacket'", "Did you mean 'stacked'?"]),
+    ("run-dir-not-writable", OSError, [*TRAIN, "--data", "{d}/ok.npy", "--out", "{d}/a_file/run"], 1,
      ["cannot write the run directory", "choose a writable place with --out"]),
-    ("missing-data-file", [*TRAIN, "--data", "{d}/nowhere.npy"], 1, ["nowhere.npy: no such data file"]),
-    ("shape-vs-checkpoint", ["evaluate", "{d}/run", "--data", "{d}/wide.npy"], 1,
+    ("missing-data-file", FileNotFoundError, [*TRAIN, "--data", "{d}/nowhere.npy"], 1,
+     ["nowhere.npy: no such data file", "check the path"]),
+    ("shape-vs-checkpoint", ValueError, ["evaluate", "{d}/run", "--data", "{d}/wide.npy"], 1,
      ["rows of shape (7,) do not fit the model, which was trained on data points of shape (6,)",
       "pass data with the training data's features"]),
-    ("encode-shape-vs-checkpoint", ["encode", "{d}/run", "{d}/wide.npy", "--out", "{d}/z.npy"], 1,
+    ("encode-shape-vs-checkpoint", ValueError, ["encode", "{d}/run", "{d}/wide.npy", "--out", "{d}/z.npy"], 1,
      ["rows of shape (7,) do not fit the model", "pass data with the training data's features"]),
 ]
 
 
-@pytest.mark.parametrize("argv, code, words", [m[1:] for m in MATRIX], ids=[m[0] for m in MATRIX])
-def test_bad_input_matrix(files, argv, code, words, capsys, tmp_path):
+@pytest.mark.parametrize("exc, argv, code, words", [m[1:] for m in MATRIX], ids=[m[0] for m in MATRIX])
+def test_bad_input_matrix(files, exc, argv, code, words, capsys, tmp_path, monkeypatch):
     argv = [a.format(d=files) for a in argv]
     if argv[0] == "train" and "--out" not in argv:
         argv += ["--out", str(tmp_path / "run")]
+    with monkeypatch.context() as debug:  # PYRO_VAE_DEBUG: the CLI re-raises, showing the exception type
+        debug.setenv("PYRO_VAE_DEBUG", "1")
+        with pytest.raises(exc) as raised:
+            main(argv)
+        assert all(w in str(raised.value) for w in words), str(raised.value)
     got, err = _run(argv, capsys)
     assert got == code, err
     assert err.count("\n") == 1 and "Traceback" not in err, err  # one line, no traceback wall
