@@ -31,3 +31,18 @@ def test_soak_runs_random_configs_and_reports(tmp_path):
     report = json.loads((tmp_path / "soak.json").read_text())
     assert report["runs"] == 4 and report["ok"] + report["refused"] == 4 and report["failed"] == 0
     assert report["ok"] >= 1
+
+
+def test_quality_benchmark_runs_and_its_two_estimators_agree(tmp_path):
+    """The MNIST quality benchmark on digits: every model reported; the library's IWAE estimator and the
+    hand-written one agree on the same model, and the library trains as well as the hand-written loop."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_quality.py"), "--quick", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "quality.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["vae", "vamp", "two"]
+    for r in rows:
+        assert abs(r["lib_nll"] - r["lib_nll_by_reference_estimator"]) < 0.5, r
+        assert r["lib_nll"] < r["ref_nll"] + 1.0, r  # no worse than the reference at equal epochs (+ MC noise)
+        assert 20 < r["lib_nll"] < 60, r  # 8x8 digits, binarised: tens of nats
+    assert "| vamp |" in (tmp_path / "quality.md").read_text()

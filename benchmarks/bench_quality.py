@@ -1,0 +1,218 @@
+"""Test log-likelihood on dynamically binarised MNIST: pyro_vae against a hand-written PyTorch reference.
+
+Three models in the configuration of Burda et al. (2016, one and two stochastic
+layers; tanh hidden layers of 200 units, z = 50) and the VampPrior of Tomczak &
+Welling (2018, K = 500 pseudo-inputs):
+
+======== ==========================================================================
+vae      q(z|x), p(x|z): 784-200-200-50 / 50-200-200-784, N(0, I) prior
+vamp     the same with p(z) = 1/K sum_k q(z | u_k)
+two      z1 = 100, z2 = 50: x-200-200-z1 and z1-100-100-z2 (up), z2-100-100-z1 and z1-200-200-x (down)
+======== ==========================================================================
+
+For each model the reference is a deep copy of the library model's networks at
+initialisation (same weights), trained by a hand-written loss and loop with no
+Pyro: the single-sample ELBO with Monte Carlo KL (the estimator ``Trace_ELBO``
+uses), the same batch size, learning rate, epochs and per-epoch dynamic
+binarisation. Both are then scored by the IWAE estimate of log p(x) with K
+samples on the same binarised test images: the library model by
+``pyro_vae.iwae_log_likelihood``, the reference by a hand-written estimator,
+which also scores the library model as a cross-check (the two estimators
+agree to their Monte Carlo error).
+
+    python benchmarks/bench_quality.py --epochs 10                  # MNIST, K = 5000 on 1000 test images
+    python benchmarks/bench_quality.py --epochs 10 --test-points 10000
+    python benchmarks/bench_quality.py --quick                      # digits, tiny: seconds (run by the tests)
+
+The published figures (thousands of epochs on GPUs) are in ANCHORS.md; the
+comparison that matters here is library against reference at equal epochs.
+Writes ``benchmarks/results/quality.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pyro_vae import VAE, fit, iwae_log_likelihood
+from pyro_vae.data import load_dataset
+from pyro_vae.hierarchical import StackedVAE
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared" / "data"
+PUBLISHED = {"vae": 86.76, "vamp": 85.57, "two": 85.33}  # ANCHORS.md: Burda et al. 2016; Tomczak & Welling 2018
+
+
+# ----------------------------------------------------------------------------- the models
+def build(kind: str, data_shape, hidden: int, latent: int, components: int):
+    net = {"name": "mlp", "hidden": [hidden, hidden], "activation": "tanh"}
+    if kind == "vae":
+        return VAE(data_shape, latent, prior="normal", likelihood="bernoulli", net=net)
+    if kind == "vamp":
+        return VAE(data_shape, latent, prior={"name": "vamp", "n_components": components}, likelihood="bernoulli",
+                   net=net)
+    return StackedVAE(data_shape, [2 * latent, latent], likelihood="bernoulli", net=net,
+                      stage_hidden=[hidden // 2, hidden // 2], activation="tanh")
+
+
+# ----------------------------------------------------------------------------- the hand-written reference
+def _normal_log_prob(z, loc, scale):
+    return (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _sample(loc, scale, k):
+    return loc + scale * torch.randn((k, *loc.shape), dtype=loc.dtype, device=loc.device)
+
+
+def log_weights(m, kind: str, x: torch.Tensor, k: int) -> torch.Tensor:
+    """``log p(x, z) - log q(z | x)`` for ``k`` draws per point: ``[k, B]``, written out without Pyro."""
+    flat = x.flatten(1)
+    if kind == "two":
+        l1, s1 = m.first_encoder(x)
+        z1 = _sample(l1, s1, k)
+        l2, s2 = m.up[0].loc_scale(z1)
+        z2 = l2 + s2 * torch.randn_like(s2)
+        log_q = _normal_log_prob(z1, l1, s1) + _normal_log_prob(z2, l2, s2)
+        pl, ps = m.stages[0].loc_scale(z2)
+        log_prior = _normal_log_prob(z2, torch.zeros_like(z2), torch.ones_like(z2)) + _normal_log_prob(z1, pl, ps)
+        z = z1
+    else:
+        loc, scale = m.encoder(x)
+        z = _sample(loc, scale, k)
+        log_q = _normal_log_prob(z, loc, scale)
+        if kind == "vamp":
+            lu, su = m.encoder(m.prior.pseudo_inputs)  # [K, d]
+            comp = _normal_log_prob(z.unsqueeze(-2), lu, su)  # [k, B, K]
+            log_prior = torch.logsumexp(comp, -1) - math.log(lu.shape[0])
+        else:
+            log_prior = _normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z))
+    logits = m.decoder(z).flatten(2)  # [k, B, 784]: one Bernoulli head per pixel
+    log_lik = -F.binary_cross_entropy_with_logits(logits, flat.expand_as(logits), reduction="none").sum(-1)
+    return log_lik + log_prior - log_q
+
+
+def train_reference(m, kind, x_train, epochs, batch_size, lr, seed):
+    """The hand-written loop: per epoch a fresh binarisation and permutation, Adam on the mean -ELBO."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    n = len(x_train)
+    for _ in range(epochs):
+        xb = torch.bernoulli(x_train)
+        perm = torch.randperm(n)
+        for lo in range(0, n, batch_size):
+            batch = xb[perm[lo:lo + batch_size]]
+            loss = -log_weights(m, kind, batch, 1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return m
+
+
+@torch.no_grad()
+def iwae_reference(m, kind, x, k, chunk=250, seed=0):
+    """Hand-written IWAE: ``logmeanexp_k log_weights`` per point, particles in chunks; mean over points."""
+    torch.manual_seed(seed)
+    per_point = []
+    for lo in range(0, len(x), 100):
+        batch = x[lo:lo + 100]
+        lw = torch.cat([log_weights(m, kind, batch, min(chunk, k - s)) for s in range(0, k, chunk)])
+        per_point.append(torch.logsumexp(lw.double(), 0) - math.log(k))
+    return torch.cat(per_point).mean().item()
+
+
+# ----------------------------------------------------------------------------- one comparison
+def run(kind, data, x_test, args) -> dict:
+    torch.manual_seed(args.seed)
+    lib = build(kind, data.data_shape, args.hidden, args.latent, args.components)
+    if kind == "vamp":
+        lib.prior.init_from(data.train)  # pseudo-inputs start at training images, as `pyro-vae train` does
+    ref = copy.deepcopy(lib)  # identical initial weights
+    start = time.perf_counter()
+    fit(lib, data.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        train_transform=torch.bernoulli, progress=not args.quiet)
+    lib_s = time.perf_counter() - start
+    start = time.perf_counter()
+    train_reference(ref, kind, data.train, args.epochs, args.batch_size, args.lr, args.seed)
+    ref_s = time.perf_counter() - start
+    lib.eval(), ref.eval()
+    lib_ll = iwae_log_likelihood(lib, x_test, num_samples=args.k, seed=args.seed)
+    ref_ll = iwae_reference(ref, kind, x_test, args.k, seed=args.seed)
+    cross = iwae_reference(lib, kind, x_test, args.k, seed=args.seed + 1)
+    row = {"model": kind, "epochs": args.epochs, "k": args.k, "test_points": len(x_test),
+           "lib_nll": -lib_ll.mean, "lib_stderr": lib_ll.stderr, "ref_nll": -ref_ll,
+           "lib_nll_by_reference_estimator": -cross, "lib_train_s": round(lib_s, 1), "ref_train_s": round(ref_s, 1),
+           "published_nll": PUBLISHED[kind] if args.dataset == "mnist" else None}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def load(args):
+    if args.quick:
+        data = load_dataset("digits", preprocess="scale", val_fraction=0.0, test_fraction=0.2, seed=0)
+    else:
+        root = args.data_dir
+        if root is None:  # torchvision extracts the archives next to them: work on a temporary copy
+            root = tempfile.mkdtemp(prefix="bench_quality_")
+            shutil.copytree(SHARED / "MNIST" / "raw", Path(root) / "MNIST" / "raw")
+        data = load_dataset("mnist", data_dir=root, download=True, preprocess="scale", val_fraction=0.0, seed=0)
+    g = torch.Generator().manual_seed(1234)  # one fixed binarisation of the test images, shared by all scores
+    x_test = torch.bernoulli(data.test[: args.test_points], generator=g)
+    return data, x_test
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="vae,vamp,two")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--k", type=int, default=5000, help="importance samples of the IWAE estimate")
+    p.add_argument("--test-points", type=int, default=1000, help="test images scored (10000: the whole set)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, default=200)
+    p.add_argument("--latent", type=int, default=50)
+    p.add_argument("--components", type=int, default=500, help="VampPrior pseudo-inputs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--quick", action="store_true", help="digits, tiny networks, 2 epochs, K = 50")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default=str(HERE / "results"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.k, args.hidden, args.latent, args.components, args.quiet = 2, 50, 16, 4, 10, True
+        args.test_points = min(args.test_points, 200)
+    args.dataset = "digits" if args.quick else "mnist"
+    torch.set_num_threads(args.threads)
+    data, x_test = load(args)
+    print(f"{args.dataset}: {len(data.train)} train, {len(x_test)} test images scored; torch {torch.__version__}, "
+          f"{args.threads} threads", flush=True)
+    rows = [run(kind, data, x_test, args) for kind in args.models.split(",")]
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    lines = [f"Test NLL (nats, lower is better), IWAE K={args.k} on {len(x_test)} {args.dataset} test images, "
+             f"{args.epochs} epochs", "",
+             "| model | pyro_vae | hand-written reference | pyro_vae scored by the reference's estimator | "
+             "published | train s (lib / ref) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['lib_nll']:.2f} +- {r['lib_stderr']:.2f} | {r['ref_nll']:.2f} | "
+                     f"{r['lib_nll_by_reference_estimator']:.2f} | {r['published_nll'] or '-'} | "
+                     f"{r['lib_train_s']} / {r['ref_train_s']} |")
+    (out / "quality.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
