@@ -89,7 +89,8 @@ class SSVAE(DataModel):
                                       self.data_shape, self.likelihood.n_params)
         self.prior = make_prior(prior, self.latent_dim, self.data_shape)
         if isinstance(self.prior, VampPrior):
-            raise ValueError("the VampPrior needs an encoder of x alone; M2's encoder is q(z | x, y)")
+            raise ValueError("the VampPrior needs an encoder of x alone; M2's encoder is q(z | x, y); choose another "
+                             "prior, e.g. 'mog' for a learned mixture")
         self.prior.setup(self)
         self.register_buffer("_flat_logits", torch.zeros(self.n_classes), persistent=False)  # p(y) = 1/K
 
