@@ -73,8 +73,8 @@ class CVAE(DataModel):
         else:
             self.prior = make_prior(prior, self.latent_dim, self.data_shape)
             if isinstance(self.prior, VampPrior):
-                raise ValueError("the VampPrior needs an encoder of x alone; the CVAE's encoder is q(z | x, c); choose another "
-                                 "prior, e.g. 'mog' for a learned mixture")
+                raise ValueError("the VampPrior needs an encoder of x alone; the CVAE's encoder is q(z | x, c); "
+                                 "choose another prior, e.g. 'mog' for a learned mixture")
         self.prior.setup(self)
 
     def context(self, c) -> torch.Tensor:
