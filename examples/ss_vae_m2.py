@@ -27,36 +27,11 @@ import argparse
 
 import pyro
 import torch
-import torch.nn.functional as F
-from pyro.nn import DenseNN
 
-from pyro_vae import fit
 from _images import load_images  # examples/_images.py
-from pyro_vae.hierarchical import SSVAE
-
-
-
-def keep_labels(y: torch.Tensor, n_labels: int, seed: int = 0) -> torch.Tensor:
-    """``y`` with all but ``n_labels / 10`` random images per class marked unlabelled (-1)."""
-    g = torch.Generator().manual_seed(seed)
-    out = torch.full_like(y, -1)
-    for k in range(10):
-        idx = (y == k).nonzero()[:, 0]
-        keep = idx[torch.randperm(len(idx), generator=g)[: n_labels // 10]]
-        out[keep] = k
-    return out
-
-
-def supervised_baseline(x, y, hidden, steps: int = 500) -> DenseNN:
-    """The M2 classifier's network, trained by cross-entropy on the labelled images alone."""
-    net = DenseNN(x[0].numel(), hidden, param_dims=[10], nonlinearity=torch.nn.Softplus())
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    flat = x.reshape(len(x), -1)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(net(flat), y).backward()
-        opt.step()
-    return net
+from pyro_vae import fit
+from pyro_vae.hierarchical import SSVAE, labels_only_classifier
+from pyro_vae.hierarchical.registry import balanced_labels
 
 
 def main(argv=None):
@@ -79,14 +54,13 @@ def main(argv=None):
 
     results = {}
     for n_labels in args.labels:
-        y = keep_labels(data.train_labels, n_labels)
+        y = balanced_labels(data.train_labels, n_labels)
         m2 = SSVAE(data.data_shape, latent_dim=latent, classifier_hidden=hidden, net={"name": "mlp", "hidden": hidden},
                    alpha=args.alpha, name=f"m2_{n_labels}")
         fit(m2, (data.train, y), epochs=args.epochs, batch_size=200, lr=1e-3 if not args.smoke else 3e-3,
             objective="enum", progress=not args.smoke)
         acc = m2.accuracy(data.test, data.test_labels)
-        labelled = y >= 0
-        base = supervised_baseline(data.train[labelled], y[labelled], hidden)
+        base = labels_only_classifier(m2, data.train, y)
         with torch.no_grad():
             base_acc = (base(data.test.reshape(len(data.test), -1)).argmax(-1) == data.test_labels).float().mean().item()
         results[n_labels] = (acc, base_acc)

@@ -46,3 +46,15 @@ def test_quality_benchmark_runs_and_its_two_estimators_agree(tmp_path):
         assert r["lib_nll"] < r["ref_nll"] + 1.0, r  # no worse than the reference at equal epochs (+ MC noise)
         assert 20 < r["lib_nll"] < 60, r  # 8x8 digits, binarised: tens of nats
     assert "| vamp |" in (tmp_path / "quality.md").read_text()
+
+
+def test_m2_benchmark_runs_on_digits():
+    """bench_m2.py --quick: one JSON record per run and the table against the tutorial's figures."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_m2.py"), "--quick", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["labels"] for r in records] == [100]
+    assert 0.0 <= records[0]["test_accuracy"] <= 1.0
+    assert records[0]["labels_only_accuracy"] > 0.6  # 10 digits per class, the classifier alone: ~0.89
+    assert "| 100 | 2 | 46 |" in done.stdout and "0.9319" in done.stdout

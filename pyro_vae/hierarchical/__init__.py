@@ -20,12 +20,13 @@ from .conditional import CVAE, fill_hidden, quadrant_task
 from .grouped import GroupedVAE
 from .parts import ConditionalNormal, ContextDecoder, ContextEncoder, OffsetPrior, one_hot, precision_merge
 from .registry import MODELS, make_model
-from .semisupervised import SSVAE
+from .semisupervised import SSVAE, labels_only_classifier
 from .stacked import StackedVAE
 
 __all__ = [
     "StackedVAE",
     "SSVAE",
+    "labels_only_classifier",
     "CVAE",
     "GroupedVAE",
     "ConditionalNormal",

@@ -28,6 +28,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pyro
@@ -41,7 +42,7 @@ from ..nets import make_activation
 from ..priors import VampPrior, make_prior
 from .parts import ContextDecoder, ContextEncoder, DataModel, one_hot
 
-__all__ = ["SSVAE"]
+__all__ = ["SSVAE", "labels_only_classifier"]
 
 
 class SSVAE(DataModel):
@@ -183,3 +184,32 @@ class SSVAE(DataModel):
         labels = draws["y"][0] if y is None else y
         return self.decode(draws["z"][0], labels) if mean else draws["x"][0]
 
+
+def labels_only_classifier(m2: SSVAE, x: torch.Tensor, y: torch.Tensor, steps: int = 500, lr: float = 1e-3,
+                           seed: int = 0) -> torch.nn.Module:
+    """The baseline M2 has to beat: its classifier's architecture, trained on the labelled points alone.
+
+    A copy of ``m2.classifier`` with freshly drawn weights (under ``seed``) is
+    fitted by full-batch Adam on the cross-entropy of the points with ``y >= 0``.
+    Returns the network (logits of ``x`` flattened); ``m2`` is not changed.
+
+    Args:
+        x: ``[N, *data_shape]``; y: ``[N]`` labels, ``-1`` for unlabelled points (left out).
+    """
+    labelled = y >= 0
+    if not bool(labelled.any()):
+        raise ValueError("labels_only_classifier needs at least one labelled point (y >= 0)")
+    net = copy.deepcopy(m2.classifier)
+    torch.manual_seed(seed)
+    for module in net.modules():  # in construction order, so the draw equals a freshly built network's
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    flat = x[labelled].reshape(int(labelled.sum()), -1).to(m2._device())
+    target = y[labelled].long().to(m2._device())
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    with torch.enable_grad():  # also when called under no_grad
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(flat), target).backward()
+            opt.step()
+    return net.eval()
