@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical, kl_divergence

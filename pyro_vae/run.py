@@ -27,7 +27,7 @@ import torch
 
 from . import plots
 from ._io import atomic_write_text
-from .checkpoint import BEST, CHECKPOINT, CONFIG, FORMAT, load_checkpoint, load_run, save_checkpoint, versions
+from .checkpoint import BEST, CHECKPOINT, CONFIG, FORMAT, load_run, save_checkpoint, versions
 from .config import Config, DataConfig, OutputConfig, apply_overrides, config_key
 from .hierarchical import SSVAE
 from .hierarchical.registry import complete_options, model_data, sample_grid
@@ -37,8 +37,8 @@ from .evaluate import elbo, elbo_decomposition
 from .objectives import make_objective, objective_for
 from .train import EarlyStopping, TrainingDivergedError, fit, rng_state
 
-__all__ = ["RunResult", "TrainingInterrupted", "train_run", "resume_run", "evaluate_run", "load_splits", "Preprocessing", "fit_preprocessing",
-           "load_data_file", "write_figures", "default_run_dir", "resolve_device", "METRICS", "METRIC_KEYS"]
+__all__ = ["RunResult", "TrainingInterrupted", "train_run", "resume_run", "evaluate_run", "load_splits",
+           "Preprocessing", "fit_preprocessing", "load_data_file", "write_figures", "default_run_dir", "resolve_device", "METRICS", "METRIC_KEYS"]
 
 METRICS = "metrics.jsonl"
 METRIC_KEYS = ("epoch", "train_elbo", "val_elbo", "kl", "recon", "seconds")
@@ -237,7 +237,7 @@ def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True) -> 
     epochs after the checkpoint (written before an interruption) are replaced.
     """
     run_dir = Path(run_dir)
-    _, config, payload = load_run(run_dir)  # refuses a damaged, foreign or mismatched checkpoint up front
+    vae, config, payload = load_run(run_dir)  # refuses a damaged, foreign or mismatched checkpoint up front
     if epochs is not None:
         config = apply_overrides(config, {"train.epochs": int(epochs)})
     if payload["epoch"] >= config.train.epochs:
@@ -245,7 +245,7 @@ def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True) -> 
                          f"pass --epochs N with N > {payload['epoch']} to train further")
     device = resolve_device(config.train.device)
     splits = load_splits(config.data, config.train.seed)
-    vae = config.model.build(payload["data_shape"]).to(device)
+    vae.to(device)
     config.save(run_dir / CONFIG)
     _truncate_metrics(run_dir / METRICS, payload["epoch"])
     extra = {k: payload[k] for k in ("format", "data_shape", "preprocess")}
