@@ -147,10 +147,10 @@ def run(kind, data, x_test, args) -> dict:
     lib.eval(), ref.eval()
     lib_ll = iwae_log_likelihood(lib, x_test, num_samples=args.k, seed=args.seed)
     ref_ll = iwae_reference(ref, kind, x_test, args.k, seed=args.seed)
-    cross = iwae_reference(lib, kind, x_test, args.k, seed=args.seed + 1)
+    cross = None if args.no_cross else iwae_reference(lib, kind, x_test, args.k, seed=args.seed + 1)
     row = {"model": kind, "epochs": args.epochs, "k": args.k, "test_points": len(x_test),
            "lib_nll": -lib_ll.mean, "lib_stderr": lib_ll.stderr, "ref_nll": -ref_ll,
-           "lib_nll_by_reference_estimator": -cross, "lib_train_s": round(lib_s, 1), "ref_train_s": round(ref_s, 1),
+           "lib_nll_by_reference_estimator": None if cross is None else -cross, "lib_train_s": round(lib_s, 1), "ref_train_s": round(ref_s, 1),
            "published_nll": PUBLISHED[kind] if args.dataset == "mnist" else None}
     print(json.dumps(row), flush=True)
     return row
@@ -186,6 +186,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--quick", action="store_true", help="digits, tiny networks, 2 epochs, K = 50")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-cross", action="store_true", help="skip scoring the library model with the reference's "
+                   "estimator (saves a third of the evaluation time)")
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args(argv)
     if args.quick:
@@ -206,8 +208,9 @@ def main(argv=None) -> list[dict]:
              "| model | pyro_vae | hand-written reference | pyro_vae scored by the reference's estimator | "
              "published | train s (lib / ref) |", "|---|---|---|---|---|---|"]
     for r in rows:
+        cross = r["lib_nll_by_reference_estimator"]
         lines.append(f"| {r['model']} | {r['lib_nll']:.2f} +- {r['lib_stderr']:.2f} | {r['ref_nll']:.2f} | "
-                     f"{r['lib_nll_by_reference_estimator']:.2f} | {r['published_nll'] or '-'} | "
+                     f"{'-' if cross is None else f'{cross:.2f}'} | {r['published_nll'] or '-'} | "
                      f"{r['lib_train_s']} / {r['ref_train_s']} |")
     (out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
