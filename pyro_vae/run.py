@@ -299,8 +299,8 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
         if "val_elbo" in record and isinstance(vae, VAE):  # the KL/reconstruction split of the one-layer VAE
             terms = elbo_decomposition(vae, val, num_samples=1, seed=seed)
             record.update(kl=terms.kl, recon=terms.recon, active_units=terms.active_units)
-        metrics.write(json.dumps(_metrics_line(record)) + "\n")
-        metrics.flush()
+        lines.append(json.dumps(_metrics_line(record)) + "\n")
+        atomic_write_text(metrics, "".join(lines))  # whole lines only, even if killed mid-write
         last.update(snapshot=snapshot, saved=False, state=None)
         if record.get("best"):
             save_checkpoint(run_dir / BEST, {**snapshot(), **extra})
@@ -312,14 +312,15 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
 
     epochs = config.train.epochs
     last["saved_epoch"] = resume["epoch"] if resume is not None else None
+    metrics = run_dir / METRICS  # rewritten whole and atomically each epoch (a few kB), never appended to
+    lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True) if metrics.exists() else []
     try:
-        with open(run_dir / METRICS, "a", encoding="utf-8") as metrics:
-            result = fit(vae, train, epochs=epochs, batch_size=config.data.batch(len(splits.train)),
-                         optimizer=config.optim.build(epochs), objective=objective_for(vae, config.objective.spec()),
-                         num_particles=config.objective.num_particles, kl_weight=config.objective.kl(epochs),
-                         seed=None, val_data=val, val_every=config.train.val_every, early_stopping=early,
-                         resume=resume, train_transform=_epoch_transform(splits), on_epoch_end=on_epoch_end,
-                         on_nonfinite=config.train.on_nonfinite, progress=progress)
+        result = fit(vae, train, epochs=epochs, batch_size=config.data.batch(len(splits.train)),
+                     optimizer=config.optim.build(epochs), objective=objective_for(vae, config.objective.spec()),
+                     num_particles=config.objective.num_particles, kl_weight=config.objective.kl(epochs),
+                     seed=None, val_data=val, val_every=config.train.val_every, early_stopping=early,
+                     resume=resume, train_transform=_epoch_transform(splits), on_epoch_end=on_epoch_end,
+                     on_nonfinite=config.train.on_nonfinite, progress=progress)
     except KeyboardInterrupt:
         if last.get("state") is not None:
             save_checkpoint(run_dir / CHECKPOINT, {**last["state"], **extra})
