@@ -1,6 +1,7 @@
 """The benchmark commands run end to end on tiny sizes, so they never rot (figures: benchmarks/RESULTS.md)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -58,3 +59,16 @@ def test_m2_benchmark_runs_on_digits():
     assert 0.0 <= records[0]["test_accuracy"] <= 1.0
     assert records[0]["labels_only_accuracy"] > 0.6  # 10 digits per class, the classifier alone: ~0.89
     assert "| 100 | 2 | 46 |" in done.stdout and "0.9319" in done.stdout
+
+
+def test_evaluation_benchmark_runs_and_both_estimates_agree(tmp_path):
+    """bench_evaluate.py --quick: timings of both implementations, and their IWAE estimates of the same model agree."""
+    out = tmp_path / "evaluate.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_evaluate.py"), "--quick", "--json",
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["median_s"]["pyro"] > 0 and result["median_s"]["torch"] > 0
+    assert result["ratio"] == result["median_s"]["pyro"] / result["median_s"]["torch"]
+    ours, ref = (float(v) for v in re.search(r"pyro_vae (\S+), torch (\S+) nats", done.stdout).groups())
+    assert abs(ours - ref) < 0.01 * abs(ref)  # two estimators of one log-likelihood, independent noise
