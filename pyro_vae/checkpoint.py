@@ -73,14 +73,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                          "never do; if you made this file yourself and trust it, re-save its tensors as a plain "
                          "dict") from err
     except Exception as err:  # torch raises many types for a truncated or foreign file
-        raise ValueError(f"{path}: not a readable pyro_vae checkpoint ({type(err).__name__}: {_first(err)})") from err
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"{path}: not a readable pyro_vae checkpoint ({type(err).__name__}: {first})") from err
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: not a pyro_vae checkpoint (holds a {type(payload).__name__}, not a dict)")
     return _restored(payload)
-
-
-def _first(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:300]
 
 
 def _storable(payload: dict) -> dict:

@@ -50,7 +50,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical, kl_divergence
 
-from .objectives import make_objective, objective_for
+from .objectives import model_objective
 
 __all__ = [
     "elbo",
@@ -87,7 +87,7 @@ def elbo(vae, data, num_particles: int = 1, batch_size: int = 1024, loss=None) -
     vae.check_data(tensors[0])
     device = vae._device()
     if loss is None:
-        loss = make_objective(objective_for(vae, "elbo"), num_particles, getattr(vae, "max_plate_nesting", None))
+        loss = model_objective(vae, "elbo", num_particles)
     n = tensors[0].shape[0]
     total = 0.0
     for start in range(0, n, batch_size):

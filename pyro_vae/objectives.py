@@ -257,6 +257,13 @@ def make_objective(spec="elbo", num_particles: int | None = None, max_plate_nest
     return OBJECTIVES[name].factory(**options)
 
 
+def model_objective(model, spec="elbo", num_particles: int | None = None) -> ELBO:
+    """:func:`make_objective` for ``model``: ``spec`` as the model must be fitted (:func:`objective_for`),
+    with the model's ``max_plate_nesting``. What :func:`~pyro_vae.train.fit` and
+    :func:`~pyro_vae.evaluate.elbo` use."""
+    return make_objective(objective_for(model, spec), num_particles, getattr(model, "max_plate_nesting", None))
+
+
 def objective_for(model, spec="elbo"):
     """``spec`` as ``model`` must be fitted: a model that sums a discrete site out exactly says so.
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ._registry import Registry
 from .evaluate import elbo as evaluate_elbo
-from .objectives import KLSchedule, LatentScale, make_objective, objective_for
+from .objectives import KLSchedule, LatentScale, model_objective
 from .optim import MultiTensorOptim
 
 __all__ = ["FitResult", "EarlyStopping", "Stepper", "TrainingDivergedError", "fit", "make_optimizer", "OPTIMIZERS", "LR_SCHEDULES",
@@ -342,7 +342,7 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
         optim = make_optimizer(optimizer, lr, clip_norm=clip_norm, schedule=lr_schedule, epochs=epochs)
     else:
         optim = optimizer
-    loss = make_objective(objective_for(vae, objective), num_particles, getattr(vae, "max_plate_nesting", None))
+    loss = model_objective(vae, objective, num_particles)
     model, guide = vae.model, vae.guide
     scaler = None
     if schedule != KLSchedule("constant", 1.0):
