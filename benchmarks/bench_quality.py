@@ -144,7 +144,8 @@ def run(kind, data, x_test, args) -> dict:
     start = time.perf_counter()
     train_reference(ref, kind, data.train, args.epochs, args.batch_size, args.lr, args.seed)
     ref_s = time.perf_counter() - start
-    lib.eval(), ref.eval()
+    lib.eval()
+    ref.eval()
     lib_ll = iwae_log_likelihood(lib, x_test, num_samples=args.k, seed=args.seed)
     ref_ll = iwae_reference(ref, kind, x_test, args.k, seed=args.seed)
     cross = None if args.no_cross else iwae_reference(lib, kind, x_test, args.k, seed=args.seed + 1)
