@@ -138,6 +138,7 @@ def _n_params(module) -> int:
 
 
 # ----------------------------------------------------------------------------- cases
+JIT = {"name": "elbo", "jit": True}
 CASES = {
     # name: (data, likelihood, net spec, latent dim, batch, objective, particles)
     "b128": ("binary", "bernoulli", {"name": "mlp", "hidden": [400]}, 50, 128, "elbo", 1),
@@ -148,6 +149,10 @@ CASES = {
     "iwae5": ("binary", "bernoulli", {"name": "mlp", "hidden": [400]}, 50, 128, "iwae", 5),
     "normal": ("grey", "normal", {"name": "mlp", "hidden": [400]}, 50, 128, "elbo", 1),
     "nb-counts": ("counts", "negative-binomial", {"name": "mlp", "hidden": [400]}, 10, 128, "elbo", 1),
+    # the default objective compiled (objective {name = "elbo", jit = true}: Pyro's JitTrace_ELBO)
+    "jit-b128": ("binary", "bernoulli", {"name": "mlp", "hidden": [400]}, 50, 128, JIT, 1),
+    "jit-b1024": ("binary", "bernoulli", {"name": "mlp", "hidden": [400]}, 50, 1024, JIT, 1),
+    "jit-tiny": ("binary", "bernoulli", {"name": "mlp", "hidden": [16]}, 2, 32, JIT, 1),
 }
 
 
@@ -188,7 +193,7 @@ def step_times(case: str, n_data: int, repeats: int, block: int):
     opt = torch.optim.Adam(ref.parameters(), 1e-3, foreach=True)
 
     def lib(idx):
-        svi.step(x[idx], idx=idx, num_data=n_data)
+        svi.step(x[idx], idx, num_data=n_data)  # tensors positionally, as fit passes them (jit keys on keywords)
 
     def hand(idx):
         opt.zero_grad(set_to_none=True)

@@ -72,6 +72,8 @@ def _train_flags():
         ("--latent-dim", "model.latent_dim", dict(type=int, metavar="D", help="size of z")),
         ("--hidden", "model.net.hidden", dict(type=_int_list, metavar="N,N", help="hidden layer sizes, e.g. 400,400")),
         ("--objective", "objective.name", dict(metavar="NAME", help=f"training objective: {_names(OBJECTIVES)}")),
+        ("--jit", "objective.jit", dict(action="store_const", const=True,
+                                        help="compile the objective (elbo: Pyro's JitTrace_ELBO; see README)")),
         ("--num-particles", "objective.num_particles", dict(type=int, metavar="K",
                                                             help="samples of z per point and step")),
         ("--kl-weight", "objective.kl_weight", dict(type=float, metavar="BETA", help="KL weight beta (beta-VAE)")),

@@ -193,6 +193,9 @@ class ObjectiveConfig:
         _require(self.num_particles >= 1, "objective.num_particles", f"must be >= 1, got {self.num_particles}")
         with config_key("objective.kl_schedule"):
             self.kl(epochs=1)
+        _require(not (self.options.get("jit") and self.kl_schedule != "constant"), "objective.jit",
+                 f"a compiled objective freezes the KL weight, so it cannot follow kl_schedule = "
+                 f"{self.kl_schedule!r}; drop jit or use kl_schedule = \"constant\"")
         valid = entry.options()
         for key in self.options:
             if key not in valid:

@@ -3,7 +3,7 @@
 Every name maps to a Pyro ELBO object in one table (``OBJECTIVES``):
 
 =============  =====================================================================
-``elbo``       ``Trace_ELBO`` (default); ``jit=True`` gives ``JitTrace_ELBO``
+``elbo``       ``Trace_ELBO`` (default); ``jit=True`` gives :class:`ShapeJitELBO` (``JitTrace_ELBO``)
 ``meanfield``  ``TraceMeanField_ELBO``: analytic KL where torch has it
 ``iwae``       :class:`LocalRenyiELBO` with ``alpha=0``: the IWAE bound per data point
 ``renyi``      :class:`LocalRenyiELBO` with a chosen ``alpha``
@@ -25,6 +25,7 @@ traces; ``tests/test_objectives.py`` checks both facts.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ __all__ = [
     "make_objective",
     "LocalRenyiELBO",
     "FreeBitsELBO",
+    "ShapeJitELBO",
     "KLSchedule",
     "LatentScale",
 ]
@@ -180,6 +182,60 @@ class FreeBitsELBO(Trace_ELBO):
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
 
+# ----------------------------------------------------------------------------- compiled
+class ShapeJitELBO(ELBO):
+    """Pyro's ``JitTrace_ELBO``, one compiled graph per shape of the positional arguments.
+
+    ``pyro.ops.jit`` keys its graphs on the number of positional arguments and
+    the keyword values only, so a last, smaller minibatch would run the graph
+    traced for the full size, valid only if no shape-dependent Python value
+    was frozen into it; here each tuple of argument shapes gets its own
+    ``JitTrace_ELBO``. Tensors must be positional (``model(x, idx, num_data=N)``):
+    Pyro would key a tensor keyword by identity, compiling a new graph every
+    step (memory grew by hundreds of MiB over a few hundred steps that way).
+
+    The compiled graph freezes every Python value the model reads, e.g. a KL
+    weight: :func:`~pyro_vae.train.fit` refuses ``jit`` with a changing KL schedule.
+    """
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
+                 vectorize_particles: bool = False):
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=vectorize_particles)
+        self._compiled: dict = {}
+
+    def _for(self, args, kwargs) -> JitTrace_ELBO:
+        tensors = sorted(k for k, v in kwargs.items() if torch.is_tensor(v))
+        if tensors:
+            raise TypeError(f"objective 'elbo' with jit=True needs tensors as positional arguments, got "
+                            f"{', '.join(tensors)} by keyword; call model(x, idx, num_data=N)")
+        key = tuple(tuple(a.shape) if torch.is_tensor(a) else None for a in args)
+        if key not in self._compiled:
+            self._compiled[key] = JitTrace_ELBO(num_particles=self.num_particles,
+                                                max_plate_nesting=self.max_plate_nesting,
+                                                vectorize_particles=self.vectorize_particles,
+                                                ignore_jit_warnings=True)
+        return self._compiled[key]
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return self._for(args, kwargs)._get_trace(model, guide, args, kwargs)
+
+    def _call(self, method: str, model, guide, args, kwargs):
+        elbo = self._for(args, kwargs)
+        with warnings.catch_warnings():  # torch 2.14 deprecates torch.jit.trace, which Pyro's jit is built on
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
+            return getattr(elbo, method)(model, guide, *args, **kwargs)
+
+    def loss(self, model, guide, *args, **kwargs):
+        return self._call("loss", model, guide, args, kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        return self._call("differentiable_loss", model, guide, args, kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        return self._call("loss_and_grads", model, guide, args, kwargs)
+
+
 # ----------------------------------------------------------------------------- the table
 def _vectorised(cls, num_particles, max_plate_nesting, **kw):
     return cls(num_particles=num_particles, vectorize_particles=num_particles > 1,
@@ -191,7 +247,7 @@ def _elbo(num_particles=1, max_plate_nesting=float("inf"), jit: bool = False, fr
         if jit:
             raise ValueError("objective 'elbo': free_bits and jit cannot be combined")
         return FreeBitsELBO(free_bits, num_particles=num_particles, max_plate_nesting=max_plate_nesting)
-    return _vectorised(JitTrace_ELBO if jit else Trace_ELBO, num_particles, max_plate_nesting)
+    return _vectorised(ShapeJitELBO if jit else Trace_ELBO, num_particles, max_plate_nesting)
 
 
 def _meanfield(num_particles=1, max_plate_nesting=float("inf"), jit: bool = False):

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ._registry import Registry
 from .evaluate import elbo as evaluate_elbo
-from .objectives import KLSchedule, LatentScale, model_objective
+from .objectives import KLSchedule, LatentScale, ShapeJitELBO, model_objective
 from .optim import MultiTensorOptim
 
 __all__ = ["FitResult", "EarlyStopping", "Stepper", "TrainingDivergedError", "fit", "make_optimizer", "OPTIMIZERS", "LR_SCHEDULES",
@@ -236,6 +236,15 @@ _DIVERGED_HINT = ("Likely causes: a learning rate too high (lower lr, e.g. by 10
 _SKIP_HINT = " To skip such steps instead: on_nonfinite='skip' (config: train.on_nonfinite = \"skip\")."
 
 
+def _finite(grads: list) -> bool:
+    """Whether every gradient element is finite: one fused norm per tensor and one sync.
+
+    A norm is NaN or Inf when any element is; it also overflows for elements
+    beyond ~1e19, which then count as diverged too.
+    """
+    return not grads or math.isfinite(float(torch.stack(torch._foreach_norm(grads)).sum()))
+
+
 class Stepper:
     """One SVI step on ``model``/``guide`` that refuses non-finite losses and gradients.
 
@@ -243,7 +252,7 @@ class Stepper:
     ``poutine.trace(param_only=True)`` to find the parameters, ``optim(params)``,
     then the gradients cleared (set to ``None``, which torch optimisers skip,
     rather than re-allocated as zeros). Between gradients and update it checks
-    the loss and the total gradient norm; on a non-finite value it clears the
+    the loss and the gradients' norms; on a non-finite value it clears the
     gradients and returns ``None`` without touching the weights.
 
     Args:
@@ -264,8 +273,7 @@ class Stepper:
             loss = self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
         params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
         loss = float(loss)
-        grads = [p.grad for p in params if p.grad is not None]
-        finite = math.isfinite(loss) and (not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))))
+        finite = math.isfinite(loss) and _finite([p.grad for p in params if p.grad is not None])
         if finite:
             self.optim(params)
         for p in params:
@@ -274,6 +282,11 @@ class Stepper:
 
 
 # ----------------------------------------------------------------------------- the loop
+def _compiled(objective) -> bool:
+    """A traced objective: ours, or one of Pyro's ``Jit*`` ELBOs (they share no base class)."""
+    return isinstance(objective, ShapeJitELBO) or type(objective).__name__.startswith("Jit")
+
+
 def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float = 1e-3, optimizer="adam",
         objective="elbo", num_particles: int = 1, kl_weight: float | KLSchedule = 1.0, lr_schedule=None,
         clip_norm: float | None = None, seed: int | None = 0, device=None, val_data=None, val_every: int = 1,
@@ -285,7 +298,8 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
 
     ``data`` may also be a tuple of tensors with a common first dimension
     (e.g. ``(x, y)`` for models with labels): each step calls
-    ``model(*minibatch, idx=idx, num_data=N)``, and likewise the guide.
+    ``model(*minibatch, idx, num_data=N)``, and likewise the guide (tensors
+    positionally, as compiled objectives such as ``{"name": "elbo", "jit": True}`` need).
 
     Args:
         epochs, batch_size: total passes over the data and minibatch size (``None``: full batch).
@@ -343,6 +357,9 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
     else:
         optim = optimizer
     loss = model_objective(vae, objective, num_particles)
+    if schedule.kind != "constant" and _compiled(loss):
+        raise ValueError(f"a compiled objective ({type(loss).__name__}) freezes the KL weight at its first value; "
+                         f"with the {schedule.kind} KL schedule use the objective without jit, or a constant kl_weight")
     model, guide = vae.model, vae.guide
     scaler = None
     if schedule != KLSchedule("constant", 1.0):
@@ -382,7 +399,7 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
             if scaler is not None:
                 scaler.weight = schedule(step / steps_per_epoch)
             idx = perm[lo:lo + batch]
-            step_loss = stepper(*(t[idx] for t in epoch_data), idx=idx, num_data=n)
+            step_loss = stepper(*(t[idx] for t in epoch_data), idx, num_data=n)
             step += 1
             if step_loss is None:
                 if on_nonfinite == "stop":

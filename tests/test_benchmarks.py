@@ -7,7 +7,7 @@ import sys
 
 from conftest import REPO
 
-CASES_RUN = ["tiny", "iwae5", "nb-counts"]  # one per code path (MLP/Bernoulli, IWAE reference, count likelihood)
+CASES_RUN = ["tiny", "iwae5", "nb-counts", "jit-tiny"]  # one per code path (MLP/Bernoulli, IWAE, counts, compiled)
 
 
 def test_training_benchmark_runs_and_reports_every_case(tmp_path):

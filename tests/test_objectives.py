@@ -168,3 +168,51 @@ def test_every_objective_trains(digits, name):
     fit(vae, x[:1500], epochs=4, objective=name, num_particles=3 if name in ("iwae", "renyi") else 1,
         progress=False)
     assert elbo(vae, x[1500:]) > before + 10
+
+
+# ----------------------------------------------------------------------------- compiled objective
+def _fixed_noise(shape, dtype, device):
+    """Deterministic "standard normal" draws: eager and traced runs then see the same z (a traced graph
+    draws its noise with other ops than eager torch, so a shared seed would not align them)."""
+    n = math.prod(shape)
+    return torch.linspace(-2.0, 2.0, n, dtype=dtype, device=device).sin().reshape(shape)
+
+
+def _loss_and_grads(loss, vae, *args, **kwargs):
+    value = loss.loss_and_grads(vae.model, vae.guide, *args, **kwargs)
+    grads = [p.grad.clone() for p in vae.parameters()]
+    for p in vae.parameters():
+        p.grad = None
+    return value, grads
+
+
+def test_jit_elbo_equals_trace_elbo_for_each_minibatch_size(fitted, monkeypatch):
+    """Same z, same numbers: the compiled graph per minibatch size is Trace_ELBO, including the
+    N / B scale of a smaller last minibatch (a graph traced at B = 64 would scale 37 points by N / 64)."""
+    monkeypatch.setattr(torch.distributions.normal, "_standard_normal", _fixed_noise)
+    vae, x = fitted
+    plain, jit = make_objective("elbo", max_plate_nesting=1), make_objective({"name": "elbo", "jit": True},
+                                                                           max_plate_nesting=1)
+    for b in (64, 37):
+        idx = torch.arange(10, 10 + b)
+        _loss_and_grads(jit, vae, x[idx], idx, num_data=200)  # compiles
+        want, want_grads = _loss_and_grads(plain, vae, x[idx], idx, num_data=200)
+        got, got_grads = _loss_and_grads(jit, vae, x[idx], idx, num_data=200)
+        assert got == pytest.approx(want, rel=1e-5)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-3)
+    assert len(jit._compiled) == 2
+    with pytest.raises(TypeError, match="tensors as positional arguments.*idx by keyword"):
+        jit.loss(vae.model, vae.guide, x[:10], idx=torch.arange(10), num_data=200)
+
+
+def test_fit_with_jit_compiles_once_per_minibatch_size(digits):
+    """Pyro keys compiled graphs by keyword values: fit passes idx positionally, so 3 epochs of 4 steps
+    (3 of 64 points, then 8) compile two graphs, not one per step."""
+    vae = VAE((1, 8, 8), latent_dim=2, net={"name": "mlp", "hidden": [16]})
+    loss = make_objective({"name": "elbo", "jit": True}, max_plate_nesting=1)
+    result = fit(vae, digits[0][:200], epochs=3, batch_size=64, objective=loss, progress=False)
+    assert sorted(key[0][0] for key in loss._compiled) == [8, 64]
+    assert len(result.step_losses) == 12 and all(math.isfinite(v) for v in result.step_losses)
+    with pytest.raises(ValueError, match="freezes the KL weight.*linear KL schedule"):
+        fit(vae, digits[0][:200], epochs=1, objective=loss, kl_weight=KLSchedule("linear", warmup=2), progress=False)
