@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ._registry import Registry
+from .distributions import DiagNormalMixture
 
 __all__ = [
     "Prior",
@@ -124,8 +125,7 @@ class MixtureOfGaussians(Prior):
             self.register_buffer("logits", logits)
 
     def forward(self, context=None):
-        components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagNormalMixture(self.logits, self.locs, self.log_scales.exp())
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, n_components={self.n_components}"
@@ -172,9 +172,7 @@ class VampPrior(Prior):
 
     def forward(self, context=None):
         loc, scale = self.encoder(self.pseudo_inputs)
-        k = self.n_components
-        mixing = dist.Categorical(logits=loc.new_zeros(k))
-        return dist.MixtureSameFamily(mixing, dist.Normal(loc, scale).to_event(1))
+        return DiagNormalMixture(loc.new_zeros(self.n_components), loc, scale)
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, n_components={self.n_components}, data_shape={self.data_shape}"
