@@ -38,6 +38,7 @@ from pyro.optim.clipped_adam import ClippedAdam
 from pyro.params.param_store import param_with_module_name
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._registry import Registry
 from .evaluate import elbo as evaluate_elbo
 from .objectives import KLSchedule, LatentScale, model_objective
@@ -312,6 +313,12 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
         validate_steps: keep Pyro's distribution validation on in every step
             (slower; the data are checked once up front either way).
         progress: a tqdm bar with the running ELBO.
+
+    Inside a ``torch.distributed`` process group (e.g. under ``torchrun``) each
+    process trains on its shard of every global batch of ``batch_size`` points,
+    with DistributedDataParallel averaging the gradients (see
+    :mod:`pyro_vae.distributed`); losses and ELBOs mean the same as in one
+    process, and ``on_epoch_end`` and the progress bar run on rank 0 only.
     """
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -362,6 +369,12 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
     if resume is not None:
         optim.set_state(resume["optim"])
         set_rng_state(resume["rng"])
+    shards = None
+    if distributed.active():  # under torchrun: DDP over the ranks, each on its shard (pyro_vae.distributed)
+        stepper = distributed.DistributedStepper(vae, model, guide, optim, loss, validate=validate_steps)
+        shards = distributed.ShardSampler(n, batch, seed=torch.initial_seed(), device=device)
+        steps_per_epoch = shards.steps_per_epoch
+        distributed.seed_rank(first_epoch)
     step = (first_epoch - 1) * steps_per_epoch
 
     def snapshot() -> dict:
@@ -371,24 +384,28 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
                 "early_stopping": asdict(early_stopping) if early_stopping else None, "best_model": best_state}
 
     stopped = False
-    bar = tqdm(range(first_epoch, epochs + 1), desc="epochs", unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(first_epoch, epochs + 1), desc="epochs", unit="epoch",
+               disable=not (progress and distributed.is_main()), leave=False)
     for epoch in bar:
         start = time.perf_counter()
         vae.train()
         epoch_data = tensors if train_transform is None else (train_transform(tensors[0]), *tensors[1:])
-        perm = torch.randperm(n, device=device)
+        if shards is None:
+            perm = torch.randperm(n, device=device)
+            batches = [perm[lo:lo + batch] for lo in range(0, n, batch)]
+        else:
+            batches = shards.batches(epoch)
         epoch_losses, skipped = [], 0
-        for lo in range(0, n, batch):
+        for k, idx in enumerate(batches):
             if scaler is not None:
                 scaler.weight = schedule(step / steps_per_epoch)
-            idx = perm[lo:lo + batch]
             step_loss = stepper(*(t[idx] for t in epoch_data), idx=idx, num_data=n)
             step += 1
             if step_loss is None:
                 if on_nonfinite == "stop":
                     raise TrainingDivergedError(
                         f"the loss or a gradient became NaN/Inf at step {step} (epoch {epoch}, minibatch "
-                        f"{lo // batch + 1} of {steps_per_epoch}); the weights keep their values from before "
+                        f"{k + 1} of {steps_per_epoch}); the weights keep their values from before "
                         f"this step. {_DIVERGED_HINT}{_SKIP_HINT}", epoch, step)
                 skipped += 1
                 continue
@@ -405,7 +422,7 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
         validate = val_data is not None and (epoch % val_every == 0 or epoch == epochs)
         if validate:
             vae.eval()
-            record["val_elbo"] = evaluate_elbo(vae, val_data)
+            record["val_elbo"] = distributed.on_main(lambda: evaluate_elbo(vae, val_data))
             if early_stopping is not None:
                 improved, stopped = early_stopping.update(epoch, record["val_elbo"])
                 record["best"] = improved
@@ -419,8 +436,9 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
             optim.step()
         record["seconds"] = time.perf_counter() - start
         history.append(record)
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and distributed.is_main():
             on_epoch_end(record, snapshot)
+        distributed.barrier()  # a rank that dies later leaves this epoch's checkpoint complete
         bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("elbo")})
         if stopped:
             break
