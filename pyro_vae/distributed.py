@@ -283,9 +283,14 @@ def launch_command(nproc: int, args: list[str]) -> list[str]:
             "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "pyro_vae", *args]
 
 
-def run_launcher(command: list[str]) -> int:
-    """Run the torchrun command; Ctrl-C or SIGTERM reach the workers, which save their last epoch first."""
-    proc = subprocess.Popen(command)
+def run_launcher(command: list[str], nproc: int) -> int:
+    """Run the torchrun command; Ctrl-C or SIGTERM reach the workers, which save their last epoch first.
+
+    Unless ``OMP_NUM_THREADS`` is set, each process gets its share of the cores (torchrun would give it 1).
+    """
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(nproc))))
+    proc = subprocess.Popen(command, env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:  # Ctrl-C reached the workers too (same process group); SIGTERM is passed on

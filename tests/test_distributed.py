@@ -4,8 +4,11 @@ Every multi-process run is a subprocess with a timeout, so a hang fails the test
 """
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ import torch
 from conftest import REPO
 
 import ddp_case
+from pyro_vae.checkpoint import CHECKPOINT, load_run, load_run_checkpoint
 from pyro_vae.distributed import ShardSampler, launch_command
 from pyro_vae.evaluate import elbo as evaluate_elbo
 from pyro_vae.objectives import LatentScale, model_objective
@@ -89,3 +93,72 @@ def test_reported_elbos_equal_the_single_process_elbos(two_ranks, one_process):
                                    rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(torch.tensor([r["val_elbo"] for r in rank["history"]]),
                                    torch.tensor(one_process["val_elbo"]), rtol=1e-5, atol=1e-5)
+
+
+def _cli(args, cwd, **kwargs):
+    return subprocess.run([sys.executable, "-m", "pyro_vae", *args], capture_output=True, text=True,
+                          timeout=TIMEOUT, env=ENV, cwd=cwd, **kwargs)
+
+
+TINY = ["--hidden", "16", "--latent-dim", "2", "--quiet", "--set", "train.checkpoint_every=1"]
+
+
+def test_nproc_2_writes_one_run_from_rank_0_and_resumes(tmp_path):
+    """``pyro-vae train --nproc 2`` end to end: one run directory (rank 0 chose the name and wrote it), with the
+    config, every epoch's metrics and the checkpoint; ``--resume`` under two processes continues it."""
+    done = _cli(["train", "--nproc", "2", "--epochs", "2", *TINY], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    run = runs[0]
+    assert {"config.toml", "checkpoint.pt", "metrics.jsonl", "elbo.png"} <= {p.name for p in run.iterdir()}
+    assert load_run_checkpoint(run / CHECKPOINT)["epoch"] == 2
+    done = _cli(["train", "--nproc", "2", "--resume", str(run), "--epochs", "3", "--quiet"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = load_run_checkpoint(run / CHECKPOINT)
+    assert payload["epoch"] == 3 and [r["epoch"] for r in payload["history"]] == [1, 2, 3]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _rank_of(pid: int):
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc")
+def test_killing_one_rank_fails_the_launcher_clearly_and_keeps_the_checkpoint(tmp_path):
+    """SIGKILL of rank 1 mid-run: torchrun stops the other rank, the launcher exits non-zero with one line
+    saying what happened, and checkpoint.pt (written atomically by rank 0) still loads."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", "--nproc", "2", "--epochs", "10000",
+                             "--out", str(run), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (run / CHECKPOINT).exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert (run / CHECKPOINT).exists(), proc.communicate(timeout=5)
+        victim = next(pid for pid in _descendants(proc.pid) if _rank_of(pid) == 1)
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pyro-vae train: error: a training process failed or was killed"), err[-3000:]
+    assert f"the last checkpoint {run / CHECKPOINT} is intact" in last and f"--resume {run}" in last
+    vae, config, payload = load_run(run)
+    assert payload["epoch"] >= 1 and config.train.epochs == 10000
