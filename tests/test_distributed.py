@@ -162,3 +162,23 @@ def test_killing_one_rank_fails_the_launcher_clearly_and_keeps_the_checkpoint(tm
     assert f"the last checkpoint {run / CHECKPOINT} is intact" in last and f"--resume {run}" in last
     vae, config, payload = load_run(run)
     assert payload["epoch"] >= 1 and config.train.epochs == 10000
+
+
+def test_bad_settings_are_refused_with_the_fix(capsys):
+    from pyro_vae.cli import main
+
+    assert main(["train", "--nproc", "0"]) == 2
+    assert "--nproc must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"does not split evenly over 3 processes.*e\.g\. 126 or 129"):
+        ShardSampler(1000, 128, seed=0, rank_=0, world=3)
+    with pytest.raises(ValueError, match="smaller than the 4 processes"):
+        ShardSampler(1000, 2, seed=0, rank_=0, world=4)
+
+
+def test_shards_partition_each_global_batch_and_the_permutation_is_seeded():
+    parts = [ShardSampler(103, 20, seed=5, rank_=r, world=2).batches(epoch=3) for r in (0, 1)]
+    whole = ShardSampler(103, 20, seed=5, rank_=0, world=2).global_batches(epoch=3)
+    assert [len(b) for b in whole] == [20] * 5 + [2]
+    for a, b, g in zip(*parts, whole):
+        assert torch.equal(torch.cat([a, b]), g)
+    assert not torch.equal(whole[0], ShardSampler(103, 20, seed=5, rank_=0, world=2).global_batches(epoch=4)[0])
