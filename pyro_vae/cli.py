@@ -89,7 +89,8 @@ def _train_flags():
         ("--lr", "optim.lr", dict(type=float, metavar="LR", help="learning rate")),
         ("--optimizer", "optim.name", dict(metavar="NAME", help=f"one of {_names(OPTIMIZERS)}")),
         ("--seed", "train.seed", dict(type=int, metavar="S", help="seed of weights, splits and Monte Carlo draws")),
-        ("--device", "train.device", dict(metavar="DEV", help="cpu, cuda, cuda:1, ...")),
+        ("--device", "train.device", dict(metavar="DEV", help="cpu, cuda, cuda:1, ... or auto (cuda if "
+                                          "available); under torchrun cuda is cuda:LOCAL_RANK")),
         ("--out", "output.run_dir", dict(metavar="RUN_DIR", help="run directory "
                                          "(default runs/<source>-<prior>-<likelihood>-<timestamp>)")),
     ]
@@ -161,6 +162,8 @@ def _add_train(commands) -> None:
                    help="any config key, value in TOML syntax, e.g. --set 'model.prior={name=\"mog\"}' (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint.pt exactly where it "
                    "stopped (with --epochs N: up to N epochs in total); takes no other settings")
+    p.add_argument("--nproc", type=int, metavar="N", help="train data-parallel in N processes on this machine "
+                   "(runs this command through torchrun; for several machines use torchrun itself, see README)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(run=_train)
 
@@ -181,7 +184,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--psis", action="store_true", help="also per-point Pareto k-hat of q(z|x) (PSIS, Yao et al. "
                    "2018) with K = --iwae-samples or 1000; writes khat-SPLIT.png")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the Monte Carlo draws (default: the run's seed)")
-    p.add_argument("--device", default="cpu", metavar="DEV", help="device to evaluate on (default cpu)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object (n, elbo, split, ...) instead of text")
     p.set_defaults(run=_evaluate)
 
@@ -198,7 +201,7 @@ def _add_sample(commands) -> None:
     p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of the mean E[x|z]")
     p.add_argument("--nrow", type=int, default=8, metavar="K", help="images per grid row (default 8)")
     p.add_argument("--seed", type=int, metavar="S", help="seed (default: the run's seed)")
-    p.add_argument("--device", default="cpu", metavar="DEV", help="device (default cpu)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.set_defaults(run=_sample)
 
 
@@ -213,7 +216,7 @@ def _add_encode(commands) -> None:
     p.add_argument("data_file", metavar="DATA_FILE", help="raw data (.npy, .npz, .csv, .pt) like the training source")
     p.add_argument("--out", default="latents.npy", metavar="FILE", help="output .npy (default latents.npy)")
     p.add_argument("--batch-size", type=int, default=1024, metavar="B", help="rows per forward pass (default 1024)")
-    p.add_argument("--device", default="cpu", metavar="DEV", help="device (default cpu)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.set_defaults(run=_encode)
 
 
@@ -274,8 +277,64 @@ def _sigterm_as_interrupt():
 
 
 def _train(args) -> int:
-    with _sigterm_as_interrupt():
+    from . import distributed
+
+    if args.nproc is not None:
+        return _launch(args)
+    with _sigterm_as_interrupt(), distributed.process_group():  # under torchrun: join the other processes
+        if not distributed.is_main():
+            args.quiet = True  # rank 0 reports
         return _train_run(args)
+
+
+def _launch(args) -> int:
+    """``train --nproc N``: this command (without --nproc) in N processes through torchrun on this machine."""
+    import torch
+
+    from . import distributed
+    from .checkpoint import CHECKPOINT, CONFIG, load_run_checkpoint
+    from .run import _run_dir, resolve_device
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1 (the number of training processes), got {args.nproc}")
+    if distributed.launched():
+        raise ConfigError("--nproc starts its own processes, but this one was already started by torchrun; "
+                          "leave --nproc out (torchrun's --nproc-per-node sets the number)")
+    argv, skip = [], False
+    for item in args.argv:  # the same command without --nproc N
+        if skip or item == "--nproc" or item.startswith("--nproc="):
+            skip = item == "--nproc"
+            continue
+        argv.append(item)
+    if args.resume:
+        _resume_settings(args)
+        run_dir = Path(args.resume)
+        saved = run_dir / CONFIG
+        device = load_config(saved).train.device if saved.is_file() else "cpu"
+    else:
+        config = train_config(args)
+        run_dir, device = _run_dir(config), config.train.device  # refuses a taken directory before starting
+        if not config.output.run_dir:
+            argv += ["--out", str(run_dir)]  # one name for all processes, known here for the report
+    if resolve_device(device).type == "cuda" and torch.cuda.device_count() < args.nproc:
+        raise ConfigError(f"--nproc {args.nproc} with device {device!r} needs {args.nproc} GPUs (one per process); "
+                          f"this machine has {torch.cuda.device_count()}: use --nproc {torch.cuda.device_count()}")
+    _say(args, f"starting {args.nproc} training processes (torchrun, rendezvous on 127.0.0.1)")
+    code = distributed.run_launcher(distributed.launch_command(args.nproc, argv), args.nproc)
+    if code == 0:
+        return 0
+    path = run_dir / CHECKPOINT
+    try:
+        epoch = load_run_checkpoint(path)["epoch"]
+        state = (f"the last checkpoint {path} is intact (epoch {epoch}): continue with "
+                 f"`{PROG} train --nproc {args.nproc} --resume {run_dir}`")
+    except FileNotFoundError:
+        state = f"no checkpoint had been written to {run_dir} yet"
+    except ValueError as err:
+        state = f"the checkpoint cannot be read: {err}"
+    print(f"{PROG} train: error: a training process failed or was killed (torchrun exit code {code}, its report "
+          f"is above); {state}", file=sys.stderr)
+    return 1
 
 
 def _train_run(args) -> int:
@@ -294,6 +353,10 @@ def _train_run(args) -> int:
                    f"net {m.label('net')}, latent_dim {m.latent_dim}, {config.train.epochs} epochs on "
                    f"{config.train.device} (seed {config.train.seed})")
         result = train_run(config, progress=not args.quiet)
+    from .distributed import is_main
+
+    if not is_main():  # a multi-process run: rank 0 reports
+        return 0
     seconds = time.perf_counter() - start
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {last[k]:.3f}" for k in ("train_elbo", "val_elbo", "recon", "kl") if k in last)
@@ -310,6 +373,12 @@ def _train_run(args) -> int:
     return 0
 
 
+def _device(args):
+    from .run import resolve_device
+
+    return resolve_device(args.device)
+
+
 def _set_seed(args, config) -> int:
     import pyro
 
@@ -324,7 +393,7 @@ def _evaluate(args) -> int:
     if args.iwae_samples is not None and args.iwae_samples < 1:
         raise ConfigError(f"--iwae-samples must be >= 1, got {args.iwae_samples}")
     report = evaluate_run(args.run_dir, split=args.split, data_file=args.data, num_particles=args.num_particles,
-                          seed=args.seed, device=args.device, iwae_samples=args.iwae_samples, psis=args.psis)
+                          seed=args.seed, device=_device(args), iwae_samples=args.iwae_samples, psis=args.psis)
     if args.json:
         print(json.dumps(report))
     else:
@@ -347,7 +416,7 @@ def _sample(args) -> int:
 
     if args.num < 1:
         raise ConfigError(f"-n must be >= 1, got {args.num}")
-    vae, config, _ = load_run(args.run_dir, map_location=args.device)
+    vae, config, _ = load_run(args.run_dir, map_location=_device(args))
     _set_seed(args, config)
     if config.model.type in ("m2", "cvae"):  # labelled models: rows of classes, means of p(x | z, y)
         from .hierarchical.registry import sample_grid
@@ -372,7 +441,7 @@ def _encode(args) -> int:
     from .checkpoint import load_run
     from .run import Preprocessing, load_data_file
 
-    vae, config, payload = load_run(args.run_dir, map_location=args.device)
+    vae, config, payload = load_run(args.run_dir, map_location=_device(args))
     if config.model.type in ("cvae", "grouped"):
         raise ConfigError(f"encode takes data alone, and model type {config.model.type!r} also needs each point's "
                           "context (label or group); use its encode(x, c) method from Python")
@@ -398,6 +467,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
     except SystemExit as done:  # argparse printed help (0) or a usage error (2)
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     if args.command is None:

@@ -249,7 +249,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 60  # the default digits run takes ~10-20 s on 2 CPU cores
     seed: int = 0  # seeds weights, data splits, minibatches and Monte Carlo draws
-    device: str = "cpu"  # "cuda", "cuda:1", "mps", ...: model and data are moved there
+    device: str = "cpu"  # "cuda", "cuda:1", "mps", "auto" (cuda if available): model and data are moved there
     val_every: int = 1  # epochs between validation ELBO / KL / reconstruction evaluations
     checkpoint_every: int = 5  # epochs between checkpoint.pt writes (0: only at the end); the last epoch always saves
     early_stopping: int | None = None  # patience: validations without improvement before stopping (unset: off)
@@ -267,7 +267,7 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         with config_key("train.device"):
             try:
-                torch.device(self.device)
+                torch.device("cpu" if self.device == "auto" else self.device)
             except RuntimeError as err:
                 raise ValueError(f"not a torch device: {self.device!r} (try 'cpu' or 'cuda')") from err
 

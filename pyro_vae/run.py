@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 import pyro
 import torch
 
-from . import plots
+from . import distributed, plots
 from ._io import atomic_write_text
 from .checkpoint import BEST, CHECKPOINT, CONFIG, FORMAT, load_run, save_checkpoint, versions
 from .config import Config, DataConfig, OutputConfig, apply_overrides, config_key
@@ -154,13 +154,19 @@ def load_data_file(path, data_shape, preprocessing: Preprocessing | None = None)
 # --------------------------------------------------------------------------- the run
 
 def resolve_device(name: str) -> torch.device:
-    """``train.device`` as a torch device, failing early when it does not exist here."""
+    """``train.device`` as a torch device, failing early when it does not exist here.
+
+    ``auto`` is ``cuda`` where CUDA is available, else ``cpu``; under torchrun
+    ``cuda`` is each process's own GPU, ``cuda:LOCAL_RANK``.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device is {name!r} but CUDA is not available here; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError(f"train.device is {name!r} but MPS is not available here; use --device cpu")
-    return device
+    return distributed.local_device(device)
 
 
 def default_run_dir(config: Config, root="runs") -> Path:
@@ -196,7 +202,7 @@ def _epoch_transform(splits: DataSplits):
 def train_run(config: Config, *, progress: bool = True) -> RunResult:
     """Train the VAE described by ``config`` and write the run directory (see module docstring)."""
     device = resolve_device(config.train.device)
-    run_dir = _run_dir(config)
+    run_dir = distributed.on_main(lambda: _run_dir(config))  # rank 0's choice (a timestamp) for every rank
     config = dataclasses.replace(config, output=OutputConfig(run_dir=str(run_dir)))
     seed = config.train.seed
     pyro.set_rng_seed(seed)  # before the weights are drawn; fit(seed=None) then leaves the RNG alone
@@ -219,8 +225,9 @@ def train_run(config: Config, *, progress: bool = True) -> RunResult:
         if len(split):
             vae.check_data(split)  # NaN, shape, the likelihood's support: refused before the run directory exists
     try:  # only now: a run that cannot start leaves nothing behind
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG)
+        if distributed.is_main():  # other processes of a multi-process run write nothing
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(run_dir / CONFIG)
     except OSError as err:
         raise OSError(f"cannot write the run directory {str(run_dir)!r} ({err.strerror or err}); choose a "
                       "writable place with --out (output.run_dir)") from err
@@ -247,8 +254,9 @@ def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True) -> 
     device = resolve_device(config.train.device)
     splits = load_splits(config.data, config.train.seed)
     vae.to(device)
-    config.save(run_dir / CONFIG)
-    _truncate_metrics(run_dir / METRICS, payload["epoch"])
+    if distributed.is_main():
+        config.save(run_dir / CONFIG)
+        _truncate_metrics(run_dir / METRICS, payload["epoch"])
     extra = {k: payload[k] for k in ("format", "data_shape", "preprocess")}
     extra.update(config=config.to_dict(), versions=versions())
     return _fit_run(config, run_dir, splits, vae, extra, resume=payload, progress=progress)
@@ -332,6 +340,8 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
                 if last["saved_epoch"] is not None else "no checkpoint had been written yet")
         raise TrainingDivergedError(f"{err} Nothing was saved from the diverged step: {kept}.",
                                     err.epoch, err.step) from err
+    if not distributed.is_main():  # rank 0 saves, plots and reports
+        return RunResult(run_dir, config, vae, splits, result.history, {})
     if not last.get("saved", False) and (last or resume is None):  # the final epoch is always saved
         state = last["snapshot"]() if last else {"epoch": 0, "step": 0, "model": vae.state_dict(), "optim": {},
                                                  "rng": rng_state(), "history": [], "step_losses": []}

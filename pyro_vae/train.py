@@ -5,7 +5,7 @@ epoch draws a permutation and slices minibatches from it, so there is no
 per-item Python overhead. Minibatch indices go to the model's data plate,
 which scales the ELBO to the full data set.
 
-Each step is :class:`Stepper`: ``SVI.step``'s three moves (the objective's
+Each step is :class:`~pyro_vae.step.Stepper`: ``SVI.step``'s three moves (the objective's
 ``loss_and_grads`` under a parameter-capturing trace, the optimiser, clearing
 the gradients) with a finiteness check between the gradients and the update,
 so a NaN or Inf is caught at the step it appears and never reaches the weights.
@@ -25,7 +25,6 @@ import copy
 import math
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, NamedTuple
 
@@ -33,15 +32,16 @@ import numpy as np
 import pyro
 import pyro.optim
 import torch
-from pyro import poutine
 from pyro.optim.clipped_adam import ClippedAdam
 from pyro.params.param_store import param_with_module_name
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._registry import Registry
 from .evaluate import elbo as evaluate_elbo
 from .objectives import KLSchedule, LatentScale, ShapeJitELBO, model_objective
 from .optim import MultiTensorOptim
+from .step import Stepper
 
 __all__ = ["FitResult", "EarlyStopping", "Stepper", "TrainingDivergedError", "fit", "make_optimizer", "OPTIMIZERS", "LR_SCHEDULES",
            "sync_param_store", "as_tensors", "rng_state", "set_rng_state"]
@@ -236,51 +236,6 @@ _DIVERGED_HINT = ("Likely causes: a learning rate too high (lower lr, e.g. by 10
 _SKIP_HINT = " To skip such steps instead: on_nonfinite='skip' (config: train.on_nonfinite = \"skip\")."
 
 
-def _finite(grads: list) -> bool:
-    """Whether every gradient element is finite: one fused norm per tensor and one sync.
-
-    A norm is NaN or Inf when any element is; it also overflows for elements
-    beyond ~1e19, which then count as diverged too.
-    """
-    return not grads or math.isfinite(float(torch.stack(torch._foreach_norm(grads)).sum()))
-
-
-class Stepper:
-    """One SVI step on ``model``/``guide`` that refuses non-finite losses and gradients.
-
-    The moves of Pyro's ``SVI.step``: ``objective.loss_and_grads`` under
-    ``poutine.trace(param_only=True)`` to find the parameters, ``optim(params)``,
-    then the gradients cleared (set to ``None``, which torch optimisers skip,
-    rather than re-allocated as zeros). Between gradients and update it checks
-    the loss and the gradients' norms; on a non-finite value it clears the
-    gradients and returns ``None`` without touching the weights.
-
-    Args:
-        model, guide: Pyro programs.
-        optim: a ``pyro.optim`` optimiser (called with the captured parameters).
-        objective: a Pyro ELBO (anything with ``loss_and_grads``).
-        validate: keep Pyro's distribution validation on inside the step.
-    """
-
-    def __init__(self, model, guide, optim, objective, validate: bool = False):
-        self.model, self.guide, self.optim, self.objective = model, guide, optim, objective
-        self.validate = validate
-
-    def __call__(self, *args, **kwargs) -> float | None:
-        with pyro.validation_enabled(self.validate), poutine.trace(param_only=True) as capture, \
-                warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Encountered NaN")  # reported below, once, with the step
-            loss = self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-        loss = float(loss)
-        finite = math.isfinite(loss) and _finite([p.grad for p in params if p.grad is not None])
-        if finite:
-            self.optim(params)
-        for p in params:
-            p.grad = None
-        return loss if finite else None
-
-
 # ----------------------------------------------------------------------------- the loop
 def _compiled(objective) -> bool:
     """A traced objective: ours, or one of Pyro's ``Jit*`` ELBOs (they share no base class)."""
@@ -326,6 +281,12 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
         validate_steps: keep Pyro's distribution validation on in every step
             (slower; the data are checked once up front either way).
         progress: a tqdm bar with the running ELBO.
+
+    Inside a ``torch.distributed`` process group (e.g. under ``torchrun``) each
+    process trains on its shard of every global batch of ``batch_size`` points,
+    with DistributedDataParallel averaging the gradients (see
+    :mod:`pyro_vae.distributed`); losses and ELBOs mean the same as in one
+    process, and ``on_epoch_end`` and the progress bar run on rank 0 only.
     """
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -379,6 +340,12 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
     if resume is not None:
         optim.set_state(resume["optim"])
         set_rng_state(resume["rng"])
+    shards = None
+    if distributed.active():  # under torchrun: DDP over the ranks, each on its shard (pyro_vae.distributed)
+        stepper = distributed.DistributedStepper(vae, model, guide, optim, loss, validate=validate_steps)
+        shards = distributed.ShardSampler(n, batch, seed=torch.initial_seed(), device=device)
+        steps_per_epoch = shards.steps_per_epoch
+        distributed.seed_rank(first_epoch)
     step = (first_epoch - 1) * steps_per_epoch
 
     def snapshot() -> dict:
@@ -388,24 +355,28 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
                 "early_stopping": asdict(early_stopping) if early_stopping else None, "best_model": best_state}
 
     stopped = False
-    bar = tqdm(range(first_epoch, epochs + 1), desc="epochs", unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(first_epoch, epochs + 1), desc="epochs", unit="epoch",
+               disable=not (progress and distributed.is_main()), leave=False)
     for epoch in bar:
         start = time.perf_counter()
         vae.train()
         epoch_data = tensors if train_transform is None else (train_transform(tensors[0]), *tensors[1:])
-        perm = torch.randperm(n, device=device)
+        if shards is None:
+            perm = torch.randperm(n, device=device)
+            batches = [perm[lo:lo + batch] for lo in range(0, n, batch)]
+        else:
+            batches = shards.batches(epoch)
         epoch_losses, skipped = [], 0
-        for lo in range(0, n, batch):
+        for k, idx in enumerate(batches):
             if scaler is not None:
                 scaler.weight = schedule(step / steps_per_epoch)
-            idx = perm[lo:lo + batch]
             step_loss = stepper(*(t[idx] for t in epoch_data), idx, num_data=n)
             step += 1
             if step_loss is None:
                 if on_nonfinite == "stop":
                     raise TrainingDivergedError(
                         f"the loss or a gradient became NaN/Inf at step {step} (epoch {epoch}, minibatch "
-                        f"{lo // batch + 1} of {steps_per_epoch}); the weights keep their values from before "
+                        f"{k + 1} of {steps_per_epoch}); the weights keep their values from before "
                         f"this step. {_DIVERGED_HINT}{_SKIP_HINT}", epoch, step)
                 skipped += 1
                 continue
@@ -422,7 +393,7 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
         validate = val_data is not None and (epoch % val_every == 0 or epoch == epochs)
         if validate:
             vae.eval()
-            record["val_elbo"] = evaluate_elbo(vae, val_data)
+            record["val_elbo"] = distributed.on_main(lambda: evaluate_elbo(vae, val_data))
             if early_stopping is not None:
                 improved, stopped = early_stopping.update(epoch, record["val_elbo"])
                 record["best"] = improved
@@ -436,8 +407,9 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
             optim.step()
         record["seconds"] = time.perf_counter() - start
         history.append(record)
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and distributed.is_main():
             on_epoch_end(record, snapshot)
+        distributed.barrier()  # a rank that dies later leaves this epoch's checkpoint complete
         bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("elbo")})
         if stopped:
             break

@@ -72,3 +72,15 @@ def test_evaluation_benchmark_runs_and_both_estimates_agree(tmp_path):
     assert result["ratio"] == result["median_s"]["pyro"] / result["median_s"]["torch"]
     ours, ref = (float(v) for v in re.search(r"pyro_vae (\S+), torch (\S+) nats", done.stdout).groups())
     assert abs(ours - ref) < 0.01 * abs(ref)  # two estimators of one log-likelihood, independent noise
+
+
+def test_distributed_benchmark_runs_one_and_two_processes(tmp_path):
+    """bench_distributed.py --quick: 1 process and 2 DDP processes each train an epoch and report throughput."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_distributed.py"), "--quick", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "distributed.json").read_text())["rows"]
+    assert [(r["nproc"], r["ddp"]) for r in rows] == [(1, False), (2, True)]
+    for r in rows:
+        assert r["steps_per_s"] > 0 and abs(r["points_per_s"] - r["steps_per_s"] * 128) < 1e-6 * r["points_per_s"]
+    assert "| 2 (DDP) |" in (tmp_path / "distributed.md").read_text()

@@ -1,0 +1,68 @@
+"""One SVI step that refuses non-finite losses and gradients.
+
+The moves of Pyro's ``SVI.step``: the objective's ``loss_and_grads`` under
+``poutine.trace(param_only=True)`` to find the parameters, ``optim(params)``,
+then the gradients cleared. Between gradients and update the loss and the
+gradients are checked, so a NaN or Inf is caught at the step it appears and
+never reaches the weights. :class:`~pyro_vae.distributed.DistributedStepper`
+replaces only the loss-and-gradients move.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pyro
+import torch
+from pyro import poutine
+
+__all__ = ["Stepper"]
+
+
+def _finite(grads: list) -> bool:
+    """Whether every gradient element is finite: one fused norm per tensor and one sync.
+
+    A norm is NaN or Inf when any element is; it also overflows for elements
+    beyond ~1e19, which then count as diverged too.
+    """
+    return not grads or math.isfinite(float(torch.stack(torch._foreach_norm(grads)).sum()))
+
+
+class Stepper:
+    """One SVI step on ``model``/``guide`` that refuses non-finite losses and gradients.
+
+    ``stepper(*args, **kwargs)`` runs :meth:`loss_and_grads` (the objective's)
+    under ``poutine.trace(param_only=True)`` to find the parameters, then
+    ``optim(params)``, then clears the gradients (set to ``None``, which torch
+    optimisers skip, rather than re-allocated as zeros). Between gradients and
+    update it checks the loss and the gradients' norms; on a non-finite value it
+    clears the gradients and returns ``None`` without touching the weights.
+
+    Args:
+        model, guide: Pyro programs.
+        optim: a ``pyro.optim`` optimiser (called with the captured parameters).
+        objective: a Pyro ELBO (anything with ``loss_and_grads``).
+        validate: keep Pyro's distribution validation on inside the step.
+    """
+
+    def __init__(self, model, guide, optim, objective, validate: bool = False):
+        self.model, self.guide, self.optim, self.objective = model, guide, optim, objective
+        self.validate = validate
+
+    def loss_and_grads(self, *args, **kwargs) -> float:
+        """The loss of this step, its gradients left in the parameters' ``.grad``."""
+        return self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
+
+    def __call__(self, *args, **kwargs) -> float | None:
+        with pyro.validation_enabled(self.validate), poutine.trace(param_only=True) as capture, \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Encountered NaN")  # reported by the caller, with the step
+            loss = float(self.loss_and_grads(*args, **kwargs))
+        params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        finite = math.isfinite(loss) and _finite([p.grad for p in params if p.grad is not None])
+        if finite:
+            self.optim(params)
+        for p in params:
+            p.grad = None
+        return loss if finite else None
