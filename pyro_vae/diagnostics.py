@@ -24,15 +24,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .evaluate import (
-    _data_frame,
-    _densities,
-    _evaluation,
-    _Evaluator,
-    _is_random,
-    _site_log_prob,
-    log_importance_weights,
-)
+from .evaluate import log_importance_weights
+from .importance import _data_frame, _densities, _evaluation, _Evaluator, _is_random, _site_log_prob
 
 __all__ = ["to_inference_data", "PSISResult", "psis_diagnostic", "plot_khat"]
 

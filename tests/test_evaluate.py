@@ -347,7 +347,7 @@ def _log_prob_cases():
 
 @pytest.mark.parametrize("case", list(_log_prob_cases()))
 def test_reduced_log_prob_equals_the_distribution_log_prob(case):
-    from pyro_vae.evaluate import _log_prob
+    from pyro_vae.importance import _log_prob
 
     make, value = _log_prob_cases()[case]
     with pyro.validation_enabled(False):  # grey values for the Bernoulli, as the likelihood allows
