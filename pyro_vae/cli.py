@@ -418,19 +418,16 @@ def _sample(args) -> int:
         raise ConfigError(f"-n must be >= 1, got {args.num}")
     vae, config, _ = load_run(args.run_dir, map_location=_device(args))
     _set_seed(args, config)
-    if config.model.type in ("m2", "cvae"):  # labelled models: rows of classes, means of p(x | z, y)
-        from .hierarchical.registry import sample_grid
+    from .hierarchical.registry import sample_grid
 
-        x = sample_grid(vae, args.num).cpu()
-    else:
-        x = vae.sample(args.num, mean=not args.draw).cpu()
+    x = sample_grid(vae, args.num, mean=not args.draw).cpu()  # labelled models: a row per class
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, x.numpy())
     else:
         out = save_image_grid(x, out, nrow=args.nrow)
-    print(f"wrote {args.num} samples of shape {tuple(x.shape[1:])} to {out}")
+    print(f"wrote {len(x)} samples of shape {tuple(x.shape[1:])} to {out}")
     return 0
 
 
@@ -441,8 +438,10 @@ def _encode(args) -> int:
     from .checkpoint import load_run
     from .run import Preprocessing, load_data_file
 
+    from .hierarchical.registry import encodes_alone
+
     vae, config, payload = load_run(args.run_dir, map_location=_device(args))
-    if config.model.type in ("cvae", "grouped"):
+    if not encodes_alone(vae):
         raise ConfigError(f"encode takes data alone, and model type {config.model.type!r} also needs each point's "
                           "context (label or group); use its encode(x, c) method from Python")
     x, _ = load_data_file(args.data_file, vae.data_shape, Preprocessing.from_state(payload["preprocess"]))

@@ -8,10 +8,12 @@ accuracy as the one in memory, and the clear errors of bad model settings.
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from pyro_vae.checkpoint import load_run
+from pyro_vae.cli import main
 from pyro_vae.config import Config, ConfigError, apply_overrides, load_config
 from pyro_vae.evaluate import elbo
 from pyro_vae.hierarchical import CVAE, SSVAE, GroupedVAE, StackedVAE
@@ -71,12 +73,20 @@ def test_m2_from_config_labels_accuracy_and_reload(tmp_path):
     got = evaluate_run(result.run_dir, seed=1)
     assert got["elbo"] == pytest.approx(expected, rel=0.05)  # same bound, independent Monte Carlo draws
     assert got["n"] == len(splits.test)
+    # `pyro-vae sample`: a row per class (10 classes x 2), means of p(x | z, y), or draws of x with --draw
+    for flags, name in (([], "mean.npy"), (["--draw"], "draw.npy")):
+        assert main(["sample", str(result.run_dir), "-n", "20", "--out", str(tmp_path / name), *flags]) == 0
+    mean, draw = np.load(tmp_path / "mean.npy"), np.load(tmp_path / "draw.npy")
+    assert mean.shape == draw.shape == (20, 1, 8, 8)
+    assert np.isin(draw, [0.0, 1.0]).all() and not np.isin(mean, [0.0, 1.0]).all()
 
 
-def test_cvae_and_grouped_take_their_label_counts_from_the_data(tmp_path):
+def test_cvae_and_grouped_take_their_label_counts_from_the_data(tmp_path, capsys):
     cvae = train_run(_config(tmp_path / "c", {"type": "cvae"}), progress=False)
     assert isinstance(cvae.vae, CVAE) and cvae.vae.n_classes == 10
     _same_elbo(cvae, (cvae.splits.test, cvae.splits.test_labels))
+    assert main(["encode", str(cvae.run_dir), str(tmp_path / "x.npy")]) == 2  # encode(x) alone cannot encode a CVAE
+    assert "also needs each point's context" in capsys.readouterr().err
     grouped = train_run(_config(tmp_path / "g", {"type": "grouped"}, **{"model.likelihood": "bernoulli"}),
                         progress=False)
     assert isinstance(grouped.vae, GroupedVAE) and grouped.vae.num_groups == 10

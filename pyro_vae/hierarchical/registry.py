@@ -40,7 +40,7 @@ from .grouped import GroupedVAE
 from .semisupervised import SSVAE
 from .stacked import StackedVAE
 
-__all__ = ["MODELS", "make_model", "complete_options", "model_data", "sample_grid",
+__all__ = ["MODELS", "make_model", "complete_options", "model_data", "sample_grid", "encodes_alone",
            "balanced_labels"]
 
 
@@ -148,14 +148,24 @@ def model_data(model, x: torch.Tensor, labels, *, split: str = "train", labelled
     return x, labels
 
 
+def encodes_alone(model) -> bool:
+    """Whether ``model.encode(x)`` needs nothing but the data (CVAE and grouped models also take a context)."""
+    return not isinstance(model, (CVAE, GroupedVAE))
+
+
 @torch.no_grad()
-def sample_grid(model, n: int = 64) -> torch.Tensor:
-    """Images to show what ``model`` generates: one row per class for M2 and the label CVAE, else ``n`` draws."""
+def sample_grid(model, n: int = 64, mean: bool = True) -> torch.Tensor:
+    """Images to show what ``model`` generates: one row per class for M2 and the label CVAE, else ``n`` draws.
+
+    ``mean``: each image is ``E[x | z, ...]`` rather than a draw of ``x``.
+    """
     if isinstance(model, SSVAE) or (isinstance(model, CVAE) and model.n_classes is not None):
         k = model.n_classes
         per = max(1, min(10, n // k))
         labels = torch.arange(k).repeat_interleave(per)
-        return model.sample(len(labels), y=labels) if isinstance(model, SSVAE) else model.sample(labels)
+        if isinstance(model, SSVAE):
+            return model.sample(len(labels), y=labels, mean=mean)
+        return model.sample(labels, mean=mean)
     if isinstance(model, CVAE):
         raise ValueError("a CVAE on a general context tensor has no class grid; call model.sample(c)")
-    return model.sample(n)
+    return model.sample(n, mean=mean)
