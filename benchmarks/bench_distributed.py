@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _report import write_report
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -110,11 +112,7 @@ def main(argv=None) -> int:
     meta = {"torch": torch.__version__, "pyro": pyro.__version__, "cores": os.cpu_count(), "device": args.device,
             "n_data": args.n_data, "hidden": args.hidden, "latent": args.latent, "epochs": args.epochs,
             "python": platform.python_version(), "quick": args.quick}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distributed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (out / "distributed.md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    write_report(args.out, "distributed", meta, rows, markdown(rows, meta))
     return 0
 
 

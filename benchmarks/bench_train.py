@@ -44,6 +44,8 @@ from pyro_vae import VAE, fit
 from pyro_vae.objectives import make_objective
 from pyro_vae.train import make_optimizer
 
+from _report import write_report
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -352,11 +354,7 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
     meta = {"torch": torch.__version__, "pyro": pyro.__version__, "threads": args.threads, "n_data": n_data,
             "python": platform.python_version(), "quick": args.quick}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (out / "train.md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    write_report(args.out, "train", meta, rows, markdown(rows, meta))
     return 0
 
 
