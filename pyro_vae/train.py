@@ -336,12 +336,13 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
             early_stopping = EarlyStopping(**resume["early_stopping"])
             best_state = resume.get("best_model")
     sync_param_store(vae)
-    stepper = Stepper(model, guide, optim, loss, validate=validate_steps)
     if resume is not None:
         optim.set_state(resume["optim"])
         set_rng_state(resume["rng"])
     shards = None
-    if distributed.active():  # under torchrun: DDP over the ranks, each on its shard (pyro_vae.distributed)
+    if not distributed.active():
+        stepper = Stepper(model, guide, optim, loss, validate=validate_steps)
+    else:  # under torchrun: DDP over the ranks, each on its shard (pyro_vae.distributed)
         stepper = distributed.DistributedStepper(vae, model, guide, optim, loss, validate=validate_steps)
         shards = distributed.ShardSampler(n, batch, seed=torch.initial_seed(), device=device)
         steps_per_epoch = shards.steps_per_epoch
