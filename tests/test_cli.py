@@ -119,7 +119,7 @@ def test_sample_and_encode(run, tmp_path, capsys):
     raw = load_digits().data[:40]  # flat raw rows 0..16: reshaped and scaled as in training
     data, latents = tmp_path / "digits.npy", tmp_path / "z.npy"
     np.save(data, raw)
-    assert main(["encode", str(run.run_dir), str(data), "--out", str(latents)]) == 0
+    assert main(["encode", str(run.run_dir), str(data), "--out", str(latents), "--device", "auto"]) == 0
     z = np.load(latents)
     assert z.shape == (40, 8) and z.dtype == np.float32
     x = torch.tensor(raw, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16
@@ -165,6 +165,12 @@ def test_flags_map_onto_config_keys(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_auto_is_cuda_where_it_exists():
+    from pyro_vae.run import resolve_device
+
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_missing_cuda_is_a_runtime_error(tmp_path, capsys):
     assert main(["train", "--device", "cuda", "--out", str(tmp_path / "r")]) == 1
     assert "CUDA is not available" in capsys.readouterr().err
