@@ -54,15 +54,15 @@ PUBLISHED = {"vae": 86.76, "vamp": 85.57, "two": 85.33}  # ANCHORS.md: Burda et 
 
 
 # ----------------------------------------------------------------------------- the models
-def build(kind: str, data_shape, hidden: int, latent: int, components: int):
-    net = {"name": "mlp", "hidden": [hidden, hidden], "activation": "tanh"}
+def build(kind: str, data_shape, hidden: int, latent: int, components: int, activation: str = "tanh"):
+    net = {"name": "mlp", "hidden": [hidden, hidden], "activation": activation}
     if kind == "vae":
         return VAE(data_shape, latent, prior="normal", likelihood="bernoulli", net=net)
     if kind == "vamp":
         return VAE(data_shape, latent, prior={"name": "vamp", "n_components": components}, likelihood="bernoulli",
                    net=net)
     return StackedVAE(data_shape, [2 * latent, latent], likelihood="bernoulli", net=net,
-                      stage_hidden=[hidden // 2, hidden // 2], activation="tanh")
+                      stage_hidden=[hidden // 2, hidden // 2], activation=activation)
 
 
 # ----------------------------------------------------------------------------- the hand-written reference
@@ -138,7 +138,7 @@ def iwae_reference(m, kind, x, k, chunk=250, seed=0):
 # ----------------------------------------------------------------------------- one comparison
 def run(kind, data, x_test, args) -> dict:
     torch.manual_seed(args.seed)
-    lib = build(kind, data.data_shape, args.hidden, args.latent, args.components)
+    lib = build(kind, data.data_shape, args.hidden, args.latent, args.components, args.activation)
     if kind == "vamp":
         lib.prior.init_from(data.train)  # pseudo-inputs start at training images, as `pyro-vae train` does
     ref = copy.deepcopy(lib)  # identical initial weights
@@ -154,7 +154,7 @@ def run(kind, data, x_test, args) -> dict:
     lib_ll = iwae_log_likelihood(lib, x_test, num_samples=args.k, seed=args.seed)
     ref_ll = iwae_reference(ref, kind, x_test, args.k, seed=args.seed)
     cross = None if args.no_cross else iwae_reference(lib, kind, x_test, args.k, seed=args.seed + 1)
-    row = {"model": kind, "epochs": args.epochs, "k": args.k, "test_points": len(x_test),
+    row = {"model": kind, "activation": args.activation, "epochs": args.epochs, "k": args.k, "test_points": len(x_test),
            "lib_nll": -lib_ll.mean, "lib_stderr": lib_ll.stderr, "ref_nll": -ref_ll,
            "lib_nll_by_reference_estimator": None if cross is None else -cross, "lib_train_s": round(lib_s, 1), "ref_train_s": round(ref_s, 1),
            "published_nll": PUBLISHED[kind] if args.dataset == "mnist" else None}
@@ -186,6 +186,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, default=200)
     p.add_argument("--latent", type=int, default=50)
+    p.add_argument("--activation", default="tanh", help="hidden units (Burda et al.: tanh; with tanh the VampPrior "
+                   "collapses here, see RESULTS.md)")
     p.add_argument("--components", type=int, default=500, help="VampPrior pseudo-inputs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
