@@ -60,10 +60,9 @@ def measure(nproc: int, args) -> dict:
         if nproc == 1:
             cmd = [sys.executable, *job]
         else:
-            from pyro_vae.distributed import free_port
+            from pyro_vae.distributed import launch_command
 
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-                   "127.0.0.1", "--master-port", str(free_port()), *job]
+            cmd = launch_command(nproc, job)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(cmd, check=True, env=env, timeout=3600)
         times = json.loads(out.read_text())

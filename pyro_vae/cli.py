@@ -320,7 +320,7 @@ def _launch(args) -> int:
         raise ConfigError(f"--nproc {args.nproc} with device {device!r} needs {args.nproc} GPUs (one per process); "
                           f"this machine has {torch.cuda.device_count()}: use --nproc {torch.cuda.device_count()}")
     _say(args, f"starting {args.nproc} training processes (torchrun, rendezvous on 127.0.0.1)")
-    code = distributed.run_launcher(distributed.launch_command(args.nproc, argv), args.nproc)
+    code = distributed.run_launcher(distributed.launch_command(args.nproc, ["-m", "pyro_vae", *argv]), args.nproc)
     if code == 0:
         return 0
     path = run_dir / CHECKPOINT

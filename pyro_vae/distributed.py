@@ -271,11 +271,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(nproc: int, args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run`` running ``python -m pyro_vae ARGS`` in ``nproc`` processes on
-    this machine, the rendezvous on the loopback interface."""
+def launch_command(nproc: int, program: list[str]) -> list[str]:
+    """``python -m torch.distributed.run`` running ``program`` in ``nproc`` processes on this machine, the
+    rendezvous on the loopback interface. ``program`` is what follows ``python``: ``["-m", "pyro_vae",
+    "train", ...]`` or a script and its arguments."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(int(nproc)),
-            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "pyro_vae", *args]
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *program]
 
 
 def run_launcher(command: list[str], nproc: int) -> int:

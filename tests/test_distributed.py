@@ -17,7 +17,7 @@ from conftest import REPO
 
 import ddp_case
 from pyro_vae.checkpoint import CHECKPOINT, load_run, load_run_checkpoint
-from pyro_vae.distributed import ShardSampler, free_port
+from pyro_vae.distributed import ShardSampler, launch_command
 from pyro_vae.evaluate import elbo as evaluate_elbo
 from pyro_vae.objectives import LatentScale, model_objective
 from pyro_vae.train import Stepper, sync_param_store
@@ -27,9 +27,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def _torchrun(args, **kwargs):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=ENV, cwd=REPO, **kwargs)
+    return subprocess.run(launch_command(2, args), capture_output=True, text=True, timeout=TIMEOUT, env=ENV, cwd=REPO,
+                          **kwargs)
 
 
 @pytest.fixture(scope="module")
