@@ -174,6 +174,20 @@ def test_bad_settings_are_refused_with_the_fix(capsys):
         ShardSampler(1000, 2, seed=0, rank_=0, world=4)
 
 
+def test_nproc_under_torchrun_and_an_objective_without_differentiable_loss_are_refused(monkeypatch, capsys):
+    from pyro_vae.cli import main
+    from pyro_vae.distributed import DistributedStepper
+    from pyro_vae.objectives import make_objective
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--nproc", "2"]) == 2
+    assert "already started by torchrun; leave --nproc out" in capsys.readouterr().err
+    vae = ddp_case.make_case()[0]
+    with pytest.raises(ValueError, match="needs an objective with differentiable_loss; TraceGraph_ELBO has none"):
+        DistributedStepper(vae, vae.model, vae.guide, None, make_objective("tracegraph"))
+
+
 def test_shards_partition_each_global_batch_and_the_permutation_is_seeded():
     parts = [ShardSampler(103, 20, seed=5, rank_=r, world=2).batches(epoch=3) for r in (0, 1)]
     whole = ShardSampler(103, 20, seed=5, rank_=0, world=2).global_batches(epoch=3)
