@@ -1,4 +1,13 @@
-"""A mixture of diagonal Gaussians whose density costs two matrix products.
+"""Distributions whose densities cost fewer passes over large tensors than the generic forms.
+
+:class:`IndependentBernoulli` is ``Bernoulli(logits).to_event(n)`` that sums
+the cross-entropy over the event dimensions before negating, so a ``[B, 784]``
+minibatch costs one elementwise pass fewer forwards and backwards (and one
+``[B, 784]`` buffer fewer each way); at batch 1024 on 2 cores that was about a
+millisecond of a 25 ms training step.
+
+:class:`DiagNormalMixture` is a mixture of diagonal Gaussians whose density
+costs two matrix products.
 
 ``MixtureSameFamily(Categorical, Independent(Normal))`` evaluates every
 component on every point by broadcasting ``[*batch, K, d]``: at K = 500
@@ -20,9 +29,35 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.distributions import Categorical, TorchDistribution, constraints
+import torch.nn.functional as F
+from pyro.distributions import Bernoulli, Categorical, Independent, TorchDistribution, constraints
 
-__all__ = ["DiagNormalMixture"]
+__all__ = ["IndependentBernoulli", "DiagNormalMixture", "bernoulli_logits_log_prob"]
+
+
+def bernoulli_logits_log_prob(logits: torch.Tensor, value: torch.Tensor, dims: tuple = ()) -> torch.Tensor:
+    """``Bernoulli(logits=logits).log_prob(value)`` summed over ``dims``, negated after the sum."""
+    logits, value = torch.broadcast_tensors(logits, value)
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+    return cross_entropy.sum(dims).neg_() if dims else cross_entropy.neg_()
+
+
+class IndependentBernoulli(Independent):
+    """``Bernoulli(logits=logits).to_event(event_dim)`` with a cheaper ``log_prob`` (same values).
+
+    Values in [0, 1] are scored by the binary cross-entropy, as ``Bernoulli``
+    does without validation. ``expand`` (plates) keeps this class.
+    """
+
+    def __init__(self, logits: torch.Tensor, event_dim: int, validate_args=None):
+        super().__init__(Bernoulli(logits=logits, validate_args=False), event_dim, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return super().expand(batch_shape, _instance=self.__new__(type(self)) if _instance is None else _instance)
+
+    def log_prob(self, value):
+        return bernoulli_logits_log_prob(self.base_dist.logits, value,
+                                         tuple(range(-self.reinterpreted_batch_ndims, 0)))
 
 
 class DiagNormalMixture(TorchDistribution):

@@ -40,13 +40,14 @@ from typing import NamedTuple
 import numpy as np
 import pyro
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical
+
+from .distributions import bernoulli_logits_log_prob
 
 DATA_PLATE = "data"
 _ROWS = 64  # points per noise tile; data chunks are padded to a multiple of it
@@ -207,9 +208,7 @@ def _normal_log_prob(base, value: torch.Tensor, dims: tuple, noise: torch.Tensor
 
 
 def _bernoulli_log_prob(base, value: torch.Tensor, dims: tuple, noise=None) -> torch.Tensor:
-    logits, value = torch.broadcast_tensors(base.logits, value)
-    log_p = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-    return log_p.sum(dims).neg_() if dims else log_p.neg_()
+    return bernoulli_logits_log_prob(base.logits, value, dims)
 
 
 _REDUCED_LOG_PROB = {Normal.log_prob: _normal_log_prob, Bernoulli.log_prob: _bernoulli_log_prob}

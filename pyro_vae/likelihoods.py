@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import Registry
+from .distributions import IndependentBernoulli
 
 __all__ = [
     "Likelihood",
@@ -121,7 +122,7 @@ class Bernoulli(Likelihood):
 
     def forward(self, params):
         logits = params.squeeze(-self.event_dim - 1)
-        return dist.Bernoulli(logits=logits, validate_args=False).to_event(self.event_dim)
+        return IndependentBernoulli(logits, self.event_dim)
 
     def mean(self, params):
         return torch.sigmoid(params.squeeze(-self.event_dim - 1))

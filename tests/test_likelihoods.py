@@ -139,6 +139,41 @@ def test_bernoulli_accepts_grey_values_as_cross_entropy():
     torch.testing.assert_close(lik(logits).log_prob(x), expected)
 
 
+def test_independent_bernoulli_is_pyros_bernoulli_to_event():
+    """The fused log-density against ``Bernoulli(logits).to_event``: values, gradients, plates, broadcasting."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro import poutine
+
+    from pyro_vae.distributions import IndependentBernoulli
+
+    logits = torch.randn(4, 2, 3, requires_grad=True)
+    x = torch.rand(4, 2, 3)
+    x[0] = x[0].round()
+    ours, ref = IndependentBernoulli(logits, 2), dist.Bernoulli(logits=logits, validate_args=False).to_event(2)
+    assert (ours.batch_shape, ours.event_shape) == (ref.batch_shape, ref.event_shape) == ((4,), (2, 3))
+    lp, want = ours.log_prob(x), ref.log_prob(x)
+    torch.testing.assert_close(lp, want)
+    (grad,) = torch.autograd.grad(lp.sum(), logits)
+    (want_grad,) = torch.autograd.grad(want.sum(), logits)
+    torch.testing.assert_close(grad, want_grad)
+    many = torch.rand(5, 4, 2, 3)  # a particle dim in front of the value broadcasts as it does for Bernoulli
+    torch.testing.assert_close(ours.log_prob(many), ref.log_prob(many))
+    torch.testing.assert_close(ours.mean, torch.sigmoid(logits))
+    assert ours.sample((7,)).shape == (7, 4, 2, 3)
+
+    def model(d):
+        with pyro.plate("particles", 5, dim=-2), pyro.plate("data", 4, dim=-1):
+            pyro.sample("x", d, obs=many)
+
+    traces = [poutine.trace(model).get_trace(d.expand([4])) for d in (ours, ref)]
+    assert type(traces[0].nodes["x"]["fn"]) is IndependentBernoulli  # a plate's expand keeps the class
+    for tr in traces:
+        tr.compute_log_prob()
+    torch.testing.assert_close(traces[0].nodes["x"]["log_prob"], traces[1].nodes["x"]["log_prob"])
+    assert traces[0].nodes["x"]["log_prob"].shape == (5, 4)
+
+
 SUPPORT_ERRORS = [
     ("bernoulli", {}, torch.tensor([[0.0, 1.5, 0.2]]), r"'bernoulli'.*\[0, 1\].*1\.5.*preprocess 'scale'"),
     ("bernoulli", {"binary": True}, torch.tensor([[0.0, 0.5, 1.0]]), r"'bernoulli'.*\{0, 1\}"),
