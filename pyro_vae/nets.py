@@ -15,12 +15,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pyro.nn import DenseNN
 from torch import nn
 
 from ._registry import Registry, did_you_mean
 
 __all__ = [
+    "MLP",
     "MLPEncoder",
     "MLPDecoder",
     "LinearEncoder",
@@ -63,14 +63,45 @@ def _flat(shape) -> int:
     return math.prod(shape)
 
 
+class MLP(nn.Module):
+    """Dense layers ``in_dim -> *hidden -> sum(heads)``, the activation between them, the output split in heads.
+
+    The layout of Pyro's ``DenseNN`` (parameters ``layers.{i}.weight``, ``layers.{i}.bias``,
+    so checkpoints written with it load), with less work per call: ``DenseNN``
+    slices its ``ModuleList`` (constructing a new module) and indexes each head
+    on every call, which was ~55 of the ~90 microseconds of a 784-16-(2+2)
+    encoder call at batch 32 on 2 cores. One head is returned as a tensor,
+    several as a tuple of views.
+
+    Args:
+        in_dim: input features.
+        hidden: hidden layer sizes (at least one).
+        heads: output sizes, e.g. ``[latent_dim, latent_dim]`` for loc and raw scale.
+        activation: a config name (``softplus``, ``relu``, ``tanh``, ...) or a module.
+    """
+
+    def __init__(self, in_dim: int, hidden, heads, activation="softplus"):
+        super().__init__()
+        self.heads = tuple(int(h) for h in heads)
+        sizes = [int(in_dim), *_hidden(hidden), sum(self.heads)]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.f = make_activation(activation) if isinstance(activation, str) else activation
+
+    def forward(self, x):
+        *hidden, last = self.layers
+        for layer in hidden:
+            x = self.f(layer(x))
+        out = last(x)
+        return out if len(self.heads) == 1 else out.split(self.heads, -1)
+
+
 class MLPEncoder(nn.Module):
-    """``q(z|x) = N(loc(x), scale(x))`` from a dense network with two heads (Pyro's ``DenseNN``)."""
+    """``q(z|x) = N(loc(x), scale(x))`` from a dense network with two heads (:class:`MLP`)."""
 
     def __init__(self, data_shape, latent_dim: int, hidden=(400,), activation: str = "softplus"):
         super().__init__()
         self.data_shape = tuple(data_shape)
-        self.net = DenseNN(_flat(self.data_shape), _hidden(hidden), param_dims=[latent_dim, latent_dim],
-                           nonlinearity=make_activation(activation))
+        self.net = MLP(_flat(self.data_shape), hidden, [latent_dim, latent_dim], activation)
 
     def forward(self, x):
         batch = x.shape[: x.dim() - len(self.data_shape)]
@@ -84,8 +115,7 @@ class MLPDecoder(nn.Module):
     def __init__(self, latent_dim: int, data_shape, n_params: int = 1, hidden=(400,), activation: str = "softplus"):
         super().__init__()
         self.out_shape = (int(n_params), *tuple(data_shape))
-        self.net = DenseNN(latent_dim, _hidden(hidden), param_dims=[_flat(self.out_shape)],
-                           nonlinearity=make_activation(activation))
+        self.net = MLP(latent_dim, hidden, [_flat(self.out_shape)], activation)
 
     def forward(self, z):
         return self.net(z).reshape(*z.shape[:-1], *self.out_shape)
@@ -155,8 +185,7 @@ class ConvEncoder(nn.Module):
             cin = int(cout)
         self.conv = nn.Sequential(*layers)
         flat = cin * sizes[-1][0] * sizes[-1][1]
-        self.head = DenseNN(flat, _hidden(hidden), param_dims=[latent_dim, latent_dim],
-                            nonlinearity=make_activation(activation))
+        self.head = MLP(flat, hidden, [latent_dim, latent_dim], activation)
 
     def forward(self, x):
         batch = x.shape[:-3]
@@ -176,8 +205,7 @@ class ConvDecoder(nn.Module):
         self.sizes = _conv_sizes((h, w), len(channels))[::-1]  # smallest first
         chans = [int(ch) for ch in channels][::-1]
         self.start = (chans[0], *self.sizes[0])
-        self.head = DenseNN(latent_dim, _hidden(hidden), param_dims=[_flat(self.start)],
-                            nonlinearity=make_activation(activation))
+        self.head = MLP(latent_dim, hidden, [_flat(self.start)], activation)
         outs = chans[1:] + [int(n_params) * c]
         self.deconvs = nn.ModuleList(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1) for cin, cout in zip(chans, outs))
         self.act = make_activation(activation)
@@ -194,7 +222,7 @@ class ConvDecoder(nn.Module):
 
 
 NETS = Registry("net")
-NETS.register("mlp", (MLPEncoder, MLPDecoder), doc="dense layers (Pyro DenseNN); options hidden, activation",
+NETS.register("mlp", (MLPEncoder, MLPDecoder), doc="dense layers; options hidden, activation",
               target=MLPDecoder)
 NETS.register("conv", (ConvEncoder, ConvDecoder), doc="stride-2 conv layers for [C, H, W] data; options channels, "
               "hidden, activation", target=ConvDecoder)

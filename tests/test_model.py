@@ -6,7 +6,9 @@ import torch
 from pyro import poutine
 
 from pyro_vae import VAE, elbo, fit
-from pyro_vae.nets import ConvDecoder, ConvEncoder
+from pyro.nn import DenseNN
+
+from pyro_vae.nets import MLP, ConvDecoder, ConvEncoder, make_activation
 
 
 @pytest.mark.parametrize("prior", ["normal", "mog", "vamp"])
@@ -49,6 +51,27 @@ def test_conv_nets_for_image_shapes(shape):
     loc, scale = enc(x)
     assert loc.shape == scale.shape == (3, 4, 5) and (scale > 0).all()
     assert dec(loc).shape == (3, 4, 2, *shape)
+
+
+@pytest.mark.parametrize("hidden,heads,activation", [([16], [2, 2], "softplus"), ([8, 5], [7], "tanh"),
+                                                     ([4], [3, 1, 2], "relu")])
+def test_mlp_is_pyros_densenn(hidden, heads, activation):
+    """Same layout as ``DenseNN`` (a checkpoint written with it loads), same outputs and gradients."""
+    torch.manual_seed(0)
+    ref = DenseNN(6, hidden, param_dims=heads, nonlinearity=make_activation(activation))
+    mlp = MLP(6, hidden, heads, activation)
+    mlp.load_state_dict(ref.state_dict())  # strict: the same parameter names and shapes
+    x = torch.randn(2, 3, 6)  # two batch dims, as under vectorised particles
+    want, got = ref(x), mlp(x)
+    want, got = (want,) if len(heads) == 1 else want, (got,) if len(heads) == 1 else got
+    assert [g.shape for g in got] == [(2, 3, h) for h in heads]
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w)
+    weights = [torch.randn_like(w) for w in want]
+    sum((w * c).sum() for w, c in zip(want, weights)).backward()
+    sum((g * c).sum() for g, c in zip(got, weights)).backward()
+    for (name, p), q in zip(ref.named_parameters(), mlp.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
 
 
 def test_conv_net_refuses_flat_data():

@@ -19,12 +19,11 @@ import math
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import DenseNN
 from torch import nn
 from torch.distributions.transforms import AffineTransform
 
 from ..model import VAE
-from ..nets import make_activation, make_decoder, make_encoder
+from ..nets import MLP, make_decoder, make_encoder
 from ..priors import Prior
 
 __all__ = [
@@ -80,7 +79,7 @@ class ConditionalNormal(Prior):
     ``hidden=()`` makes it linear-Gaussian, ``loc = A c + a`` with a learned
     scale that does not depend on ``c`` (so a stack of them with linear
     encoders/decoders has a closed-form marginal). With hidden layers, a
-    :class:`~pyro.nn.DenseNN` emits the loc and raw-scale heads.
+    :class:`~pyro_vae.nets.MLP` emits the loc and raw-scale heads.
 
     Args:
         latent_dim: size of ``z``.
@@ -99,8 +98,7 @@ class ConditionalNormal(Prior):
         self.hidden = tuple(int(h) for h in hidden)
         flat = math.prod(self.context_shape)
         if self.hidden:
-            self.net = DenseNN(flat, list(self.hidden), param_dims=[latent_dim, latent_dim],
-                               nonlinearity=make_activation(activation))
+            self.net = MLP(flat, self.hidden, [latent_dim, latent_dim], activation)
         else:
             self.linear = nn.Linear(flat, latent_dim)
             raw = init_scale - _MIN_SCALE

@@ -36,9 +36,8 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import Predictive
-from pyro.nn import DenseNN
 
-from ..nets import make_activation
+from ..nets import MLP
 from ..priors import VampPrior, make_prior
 from .parts import ContextDecoder, ContextEncoder, DataModel, one_hot
 
@@ -55,7 +54,7 @@ class SSVAE(DataModel):
         prior: ``p(z)`` (object, name or dict; not ``"vamp"``, which needs an ``x``-only encoder).
         likelihood: ``p(x | z, y)``.
         net: family of ``q(z | x, y)`` (dense: ``"mlp"``/``"linear"``) and of the decoder (any).
-        classifier_hidden, activation: the classifier ``q(y | x)``, a :class:`~pyro.nn.DenseNN`.
+        classifier_hidden, activation: the classifier ``q(y | x)``, a :class:`~pyro_vae.nets.MLP`.
         encoder, decoder: net specs (or modules) overriding ``net`` for one side, e.g. a conv decoder.
         alpha: weight of ``log q(y | x)`` per labelled point; the default is Pyro's
             tutorial's 46. It has to grow with the unlabelled points per label: measured
@@ -85,8 +84,7 @@ class SSVAE(DataModel):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.latent_dim, self.n_classes, self.alpha = int(latent_dim), int(n_classes), float(alpha)
         flat = math.prod(self.data_shape)
-        self.classifier = DenseNN(flat, [int(h) for h in classifier_hidden], param_dims=[self.n_classes],
-                                  nonlinearity=make_activation(activation))
+        self.classifier = MLP(flat, classifier_hidden, [self.n_classes], activation)
         self.encoder = ContextEncoder(net if encoder is None else encoder, self.data_shape, self.n_classes,
                                       self.latent_dim)
         self.decoder = ContextDecoder(net if decoder is None else decoder, self.latent_dim, self.n_classes,
