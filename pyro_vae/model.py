@@ -18,6 +18,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import Predictive
+from pyro.params.param_store import param_with_module_name
 from torch import nn
 
 from .likelihoods import make_likelihood
@@ -52,6 +53,7 @@ class VAE(nn.Module):
 
     latent_sites = ("z",)
     max_plate_nesting = 1  # the data plate; objectives use it instead of guessing
+    guide_parts = ("encoder",)  # the guide registers these parameters, the model every other one
 
     def __init__(self, data_shape, latent_dim: int = 10, prior="normal", likelihood="bernoulli", net="mlp",
                  encoder=None, decoder=None, name: str = "vae"):
@@ -82,18 +84,33 @@ class VAE(nn.Module):
         size = batch if num_data is None else int(num_data)
         if idx is None:
             idx = torch.arange(batch, device=self._device())
-        return pyro.plate("data", size, subsample=idx)
+        return pyro.plate("data", size, subsample=idx, device=idx.device)  # a device spares Pyro a probe tensor
+
+    def _register(self, program: str) -> None:
+        """``pyro.param`` for the parameters this program owns, under the names ``pyro.module(self.name, self)`` gives.
+
+        The guide registers ``guide_parts`` (top-level submodule or parameter
+        names), the model every other trainable parameter, as Pyro's own VAE
+        example registers the decoder in the model and the encoder in the guide.
+        Each parameter is then one param site per step instead of two; with
+        ``pyro.module(name, self)`` in both programs that doubling was 7% of a
+        tiny network's step. Frozen parameters (``requires_grad=False``) are left out.
+        """
+        guide = program == "guide"
+        for key, p in self.named_parameters():
+            if p.requires_grad and (key.partition(".")[0] in self.guide_parts) == guide:
+                pyro.param(param_with_module_name(self.name, key), p)
 
     def model(self, x=None, idx=None, num_data=None, n=None):
         """``z ~ p(z)``, ``x ~ p(x | decoder(z))`` for each point of the minibatch."""
-        pyro.module(self.name, self)
+        self._register("model")
         with self._plate(x, idx, num_data, n):
             z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x=None, idx=None, num_data=None, n=None):
         """``z ~ q(z | x) = N(encoder(x))``."""
-        pyro.module(self.name, self)
+        self._register("guide")
         if x is None:
             raise ValueError("the guide needs data x")
         with self._plate(x, idx, num_data, n):

@@ -45,6 +45,32 @@ def test_every_model_builds_fits_and_evaluates(name):
     assert math.isfinite(elbo(model, data, loss=loss))
 
 
+@pytest.mark.filterwarnings("ignore:.*was not registered in the param store")
+@pytest.mark.parametrize("name,prior", [(n, "normal") for n in MODELS.names()] + [("vae", "vamp"), ("stacked", "mog")])
+def test_each_parameter_is_registered_once_by_its_program(name, prior):
+    """The guide registers its networks, the model the rest: names as ``pyro.module`` gives, none twice or lost."""
+    import pyro
+    from pyro import poutine
+
+    model = MODELS.build({"name": name, **OPTIONS[name]}, data_shape=(1, 8, 8), latent_dim=4, prior=prior,
+                         likelihood="bernoulli", net={"name": "mlp", "hidden": [16]})
+    frozen = next(iter(model.decoder.parameters())).requires_grad_(False)
+    with poutine.trace(param_only=True) as reference:  # Pyro's own registration of the whole module
+        pyro.module(model.name, model)
+    want = set(reference.trace.nodes)
+    sites = {}
+    for program in ("model", "guide"):
+        with poutine.trace(param_only=True) as tr:
+            getattr(model, program)(*inputs_for(model))
+        sites[program] = set(tr.trace.nodes)
+    assert sites["model"] | sites["guide"] == want and not sites["model"] & sites["guide"]
+    assert len(want) == sum(p.requires_grad for p in model.parameters()) and not frozen.requires_grad
+    for part in model.guide_parts:  # each guide part exists and every parameter under it is the guide's
+        owned = {f"{model.name}$$${k}" for k, _ in model.named_parameters() if k.partition(".")[0] == part}
+        assert owned and owned <= sites["guide"], part
+    assert sites["model"] - want == set() and sites["model"]
+
+
 def test_builder_defaults_and_errors():
     stacked = make_model("stacked", (5,), latent_dim=6)
     assert stacked.latent_dims == [6, 3]

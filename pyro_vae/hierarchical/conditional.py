@@ -49,6 +49,7 @@ class CVAE(DataModel):
     """
 
     inputs = ("x", "c")
+    guide_parts = ("encoder",)  # the guide registers these, the model the rest
     latent_sites = ("z",)
 
     def __init__(self, data_shape, context_shape=None, latent_dim: int = 10, n_classes: int | None = None,
@@ -94,7 +95,7 @@ class CVAE(DataModel):
     # ----------------------------------------------------------------- Pyro programs
     def model(self, x=None, c=None, idx=None, num_data=None, n=None):
         """``z ~ p(z | c)``, ``x ~ p(x | decoder(z, c))``."""
-        pyro.module(self.name, self)
+        self._register("model")
         c = self.context(c)
         with self._plate(x, idx, num_data, c.shape[0] if x is None else n):
             z = pyro.sample("z", self.prior(context=c))
@@ -102,7 +103,7 @@ class CVAE(DataModel):
 
     def guide(self, x=None, c=None, idx=None, num_data=None, n=None):
         """``z ~ q(z | x, c)``."""
-        pyro.module(self.name, self)
+        self._register("guide")
         if x is None:
             raise ValueError("the guide needs data x")
         c = self.context(c)

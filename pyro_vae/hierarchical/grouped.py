@@ -62,6 +62,7 @@ class GroupedVAE(DataModel):
     """
 
     inputs = ("x", "g")
+    guide_parts = ("encoder", "group_loc", "group_raw_scale")  # the guide registers these, the model the rest
     latent_sites = ("u", "z")
 
     def __init__(self, data_shape, num_groups: int, latent_dim: int = 10, prior="normal",
@@ -103,7 +104,7 @@ class GroupedVAE(DataModel):
     # ----------------------------------------------------------------- Pyro programs
     def model(self, x=None, g=None, idx=None, num_data=None, n=None):
         """``u_g ~ N(0, tau^2)`` per group, ``z_n ~ p(z - u_{g_n})``, ``x_n ~ p(x | decoder(z_n))``."""
-        pyro.module(self.name, self)
+        self._register("model")
         g = self._groups(g, x.shape[0] if x is not None else n)
         with pyro.plate("groups", self.num_groups):
             tau = self.group_scale.expand(self.latent_dim)
@@ -114,7 +115,7 @@ class GroupedVAE(DataModel):
 
     def guide(self, x=None, g=None, idx=None, num_data=None, n=None):
         """``u_g ~ N(m_g, s_g^2)``, ``z_n ~ q(z | x_n)``."""
-        pyro.module(self.name, self)
+        self._register("guide")
         if x is None:
             raise ValueError("the guide needs data x")
         self._groups(g, x.shape[0])

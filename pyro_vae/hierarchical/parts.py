@@ -199,6 +199,7 @@ class DataModel(nn.Module):
 
     # The VAE's own functions, borrowed so the messages and checks stay in one place.
     _plate = VAE._plate
+    _register = VAE._register
     check_data = VAE.check_data
     _shape_message = VAE._shape_message
     _device = VAE._device

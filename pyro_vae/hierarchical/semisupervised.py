@@ -69,6 +69,7 @@ class SSVAE(DataModel):
     """
 
     inputs = ("x", "y")
+    guide_parts = ("encoder", "classifier")  # the guide registers these, the model the rest
     latent_sites = ("y", "z")
     max_plate_nesting = 1  # y is enumerated at dim -2, left of the data plate
     objective = "enum"  # fitted and evaluated with TraceEnum_ELBO (objectives.objective_for): y is summed exactly
@@ -114,7 +115,7 @@ class SSVAE(DataModel):
 
     def model(self, x=None, y=None, idx=None, num_data=None, n=None):
         """``y ~ Cat(1/K)``, ``z ~ p(z)``, ``x ~ p(x | decoder(z, y))``; ``alpha log q(y|x)`` on labelled points."""
-        pyro.module(self.name, self)
+        self._register("model")
         batch = x.shape[0] if x is not None else n
         labels, labelled = self._labels(y, batch)
         with self._plate(x, idx, num_data, n):
@@ -131,7 +132,7 @@ class SSVAE(DataModel):
 
     def guide(self, x=None, y=None, idx=None, num_data=None, n=None):
         """``y ~ q(y | x)`` (enumerated; a point mass for labelled points), ``z ~ q(z | x, y)``."""
-        pyro.module(self.name, self)
+        self._register("guide")
         if x is None:
             raise ValueError("the guide needs data x")
         labels, labelled = self._labels(y, x.shape[0])

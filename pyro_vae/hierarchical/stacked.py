@@ -63,6 +63,7 @@ class StackedVAE(DataModel):
     """
 
     inputs = ("x",)
+    guide_parts = ("first_encoder", "up")  # the guide registers these, the model the rest
 
     def __init__(self, data_shape, latent_dims=(32, 16), prior="normal", likelihood="bernoulli", net="mlp",
                  stage_hidden=None, activation: str = "softplus", inference: str = "bottom-up",
@@ -101,7 +102,7 @@ class StackedVAE(DataModel):
     # ----------------------------------------------------------------- Pyro programs
     def model(self, x=None, idx=None, num_data=None, n=None):
         """``z_L ~ p(z_L)``, ``z_l ~ p(z_l | z_{l+1})``, ``x ~ p(x | decoder(z_1))``."""
-        pyro.module(self.name, self)
+        self._register("model")
         with self._plate(x, idx, num_data, n):
             z = pyro.sample(self.latent_sites[-1], self.prior())
             for i in reversed(range(len(self.stages))):
@@ -110,7 +111,7 @@ class StackedVAE(DataModel):
 
     def guide(self, x=None, idx=None, num_data=None, n=None):
         """Bottom-up ``q(z_1|x) q(z_2|z_1)...`` or the ladder's top-down merge, per ``inference``."""
-        pyro.module(self.name, self)
+        self._register("guide")
         if x is None:
             raise ValueError("the guide needs data x")
         with self._plate(x, idx, num_data, n):
