@@ -271,7 +271,8 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
         early_stopping: an :class:`EarlyStopping` or a patience; needs ``val_data``.
         resume: a snapshot from ``on_epoch_end`` (e.g. a loaded checkpoint) to continue from.
         train_transform: applied to the whole training tensor at the start of
-            each epoch (e.g. ``torch.bernoulli`` for dynamic binarisation).
+            each epoch (e.g. ``torch.bernoulli`` for dynamic binarisation); the
+            previous epoch's result is released first, so one copy is held at a time.
         on_epoch_end: called as ``on_epoch_end(record, snapshot)``; ``snapshot()``
             returns everything needed to resume (call it only when saving).
         on_nonfinite: what a step whose loss or gradient is NaN/Inf does: ``"stop"``
@@ -361,6 +362,7 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
     for epoch in bar:
         start = time.perf_counter()
         vae.train()
+        epoch_data = None  # the last epoch's transformed copy goes before the next is made: one copy at a time
         epoch_data = tensors if train_transform is None else (train_transform(tensors[0]), *tensors[1:])
         if shards is None:
             perm = torch.randperm(n, device=device)
