@@ -81,6 +81,12 @@ def test_builder_defaults_and_errors():
         make_model({"name": "stacked", "latent_dim": [3]}, (5,))
     with pytest.raises(ValueError, match="unknown model"):
         make_model("ladder-vae", (5,))
+    with pytest.raises(ValueError, match=r"classifier_hidden must be a non-empty list.*got \[\]; e\.g\. \[500\]"):
+        make_model({"name": "m2", "classifier_hidden": []}, (5,))
+    with pytest.raises(ValueError, match=r"stage_hidden must be positive layer sizes, got \[0\]; \[\] makes"):
+        make_model({"name": "stacked", "stage_hidden": [0]}, (5,))
+    with pytest.raises(ValueError, match=r"conditional Gaussian must be positive, got hidden = \[-1\]"):
+        make_model("cvae", (5,), prior={"name": "conditional", "hidden": [-1]})
 
 
 @pytest.mark.parametrize("script, expect", [

@@ -85,7 +85,11 @@ class SSVAE(DataModel):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.latent_dim, self.n_classes, self.alpha = int(latent_dim), int(n_classes), float(alpha)
         flat = math.prod(self.data_shape)
-        self.classifier = MLP(flat, classifier_hidden, [self.n_classes], activation)
+        sizes = [classifier_hidden] if isinstance(classifier_hidden, int) else list(classifier_hidden)
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"classifier_hidden must be a non-empty list of positive layer sizes for the classifier "
+                             f"q(y | x), got {classifier_hidden!r}; e.g. [500]")
+        self.classifier = MLP(flat, sizes, [self.n_classes], activation)
         self.encoder = ContextEncoder(net if encoder is None else encoder, self.data_shape, self.n_classes,
                                       self.latent_dim)
         self.decoder = ContextDecoder(net if decoder is None else decoder, self.latent_dim, self.n_classes,
