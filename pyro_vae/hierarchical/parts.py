@@ -193,12 +193,15 @@ class DataModel(nn.Module):
 
     Subclasses set ``data_shape``, ``likelihood`` and ``name``. ``_plate(x, idx,
     num_data, n)`` is the ``"data"`` plate with ``subsample=idx`` that scales a
-    minibatch to the full data set; ``check_data`` and ``_device`` are what
+    minibatch to the full data set; ``_register("model" | "guide")`` declares each
+    parameter to Pyro in one program (``guide_parts`` in the guide, the rest in
+    the model); ``check_data`` and ``_device`` are what
     :func:`~pyro_vae.train.fit` and :func:`~pyro_vae.evaluate.elbo` call, and
     ``max_plate_nesting`` spares the objectives a tracing pass to guess it.
     """
 
     max_plate_nesting = 1  # the data plate (a "groups" plate sits beside it, not inside)
+    guide_parts: tuple = ()  # what the guide registers (see VAE._register); by default the model registers all
 
     # The VAE's own functions, borrowed so the messages and checks stay in one place.
     _plate = VAE._plate
