@@ -51,12 +51,14 @@ def make_activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
-def _hidden(hidden) -> list[int]:
-    hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
-    if not hidden or min(hidden) < 1:
-        raise ValueError(f"hidden must be a non-empty list of positive layer sizes, got {hidden!r}; "
-                         "use net 'linear' for no hidden layer")
-    return hidden
+def layer_sizes(hidden, option: str = "hidden", hint: str = "use net 'linear' for no hidden layer",
+                allow_empty: bool = False) -> list[int]:
+    """Hidden layer sizes as a list of positive ints, or a ``ValueError`` naming ``option`` and ``hint``."""
+    sizes = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
+    if (not sizes and not allow_empty) or (sizes and min(sizes) < 1):
+        raise ValueError(f"{option} must be a {'' if allow_empty else 'non-empty '}list of positive layer sizes, "
+                         f"got {hidden!r}; {hint}")
+    return sizes
 
 
 def _flat(shape) -> int:
@@ -83,7 +85,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden, heads, activation="softplus"):
         super().__init__()
         self.heads = tuple(int(h) for h in heads)
-        sizes = [int(in_dim), *_hidden(hidden), sum(self.heads)]
+        sizes = [int(in_dim), *layer_sizes(hidden), sum(self.heads)]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.f = make_activation(activation) if isinstance(activation, str) else activation
 

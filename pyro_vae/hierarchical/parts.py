@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributions.transforms import AffineTransform
 
 from ..model import VAE
-from ..nets import MLP, make_decoder, make_encoder
+from ..nets import MLP, layer_sizes, make_decoder, make_encoder
 from ..priors import Prior
 
 __all__ = [
@@ -95,10 +95,8 @@ class ConditionalNormal(Prior):
                  init_scale: float = 1.0):
         super().__init__(latent_dim)
         self.context_shape = _shape(context_shape)
-        self.hidden = tuple(int(h) for h in ([hidden] if isinstance(hidden, int) else hidden))
-        if self.hidden and min(self.hidden) < 1:
-            raise ValueError(f"hidden layer sizes of a conditional Gaussian must be positive, got hidden = "
-                             f"{list(self.hidden)}; an empty list makes it linear in its context")
+        self.hidden = tuple(layer_sizes(hidden, "hidden", "[] makes a conditional Gaussian linear in its context",
+                                        allow_empty=True))
         flat = math.prod(self.context_shape)
         if self.hidden:
             self.net = MLP(flat, self.hidden, [latent_dim, latent_dim], activation)

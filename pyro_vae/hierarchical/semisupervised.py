@@ -37,7 +37,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
-from ..nets import MLP
+from ..nets import MLP, layer_sizes
 from ..priors import VampPrior, make_prior
 from .parts import ContextDecoder, ContextEncoder, DataModel, one_hot
 
@@ -85,10 +85,7 @@ class SSVAE(DataModel):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.latent_dim, self.n_classes, self.alpha = int(latent_dim), int(n_classes), float(alpha)
         flat = math.prod(self.data_shape)
-        sizes = [classifier_hidden] if isinstance(classifier_hidden, int) else list(classifier_hidden)
-        if not sizes or min(sizes) < 1:
-            raise ValueError(f"classifier_hidden must be a non-empty list of positive layer sizes for the classifier "
-                             f"q(y | x), got {classifier_hidden!r}; e.g. [500]")
+        sizes = layer_sizes(classifier_hidden, "classifier_hidden", "the classifier q(y | x) needs one, e.g. [500]")
         self.classifier = MLP(flat, sizes, [self.n_classes], activation)
         self.encoder = ContextEncoder(net if encoder is None else encoder, self.data_shape, self.n_classes,
                                       self.latent_dim)

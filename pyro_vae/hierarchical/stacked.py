@@ -29,7 +29,7 @@ import torch
 from pyro.infer import Predictive
 from torch import nn
 
-from ..nets import make_decoder, make_encoder
+from ..nets import layer_sizes, make_decoder, make_encoder
 from ..priors import make_prior
 from .parts import ConditionalNormal, DataModel, precision_merge
 
@@ -77,10 +77,7 @@ class StackedVAE(DataModel):
             raise ValueError(f"inference must be one of {', '.join(_INFERENCE)}; got {inference!r}")
         if stage_hidden is None:
             stage_hidden = () if _net_name(net) == "linear" else (256,)
-        stage_hidden = [stage_hidden] if isinstance(stage_hidden, int) else list(stage_hidden)
-        if stage_hidden and min(stage_hidden) < 1:
-            raise ValueError(f"stage_hidden must be positive layer sizes, got {stage_hidden}; [] makes the stages "
-                             "linear")
+        stage_hidden = layer_sizes(stage_hidden, "stage_hidden", "[] makes the stages linear", allow_empty=True)
         self.latent_dims, self.inference = dims, inference
         self.latent_dim = dims[0]
         self.latent_sites = tuple(f"z{i + 1}" for i in range(len(dims)))
