@@ -81,12 +81,17 @@ def test_builder_defaults_and_errors():
         make_model({"name": "stacked", "latent_dim": [3]}, (5,))
     with pytest.raises(ValueError, match="unknown model"):
         make_model("ladder-vae", (5,))
-    with pytest.raises(ValueError, match=r"classifier_hidden must be a non-empty list.*got \[\]; the classifier q\(y \| x\) needs one"):
-        make_model({"name": "m2", "classifier_hidden": []}, (5,))
-    with pytest.raises(ValueError, match=r"stage_hidden must be a list of positive layer sizes, got \[0\]; \[\] makes the stages linear"):
-        make_model({"name": "stacked", "stage_hidden": [0]}, (5,))
-    with pytest.raises(ValueError, match=r"hidden must be a list of positive layer sizes, got \[-1\]; \[\] makes a conditional Gaussian linear"):
-        make_model("cvae", (5,), prior={"name": "conditional", "hidden": [-1]})
+    # each hidden-size option is named in its error, with what to do
+    for spec, prior, match in [
+        ({"name": "m2", "classifier_hidden": []}, "normal",
+         r"classifier_hidden must be a non-empty list.*got \[\]; the classifier q\(y \| x\) needs one"),
+        ({"name": "stacked", "stage_hidden": [0]}, "normal",
+         r"stage_hidden must be a list of positive layer sizes, got \[0\]; \[\] makes the stages linear"),
+        ("cvae", {"name": "conditional", "hidden": [-1]},
+         r"hidden must be a list of positive layer sizes, got \[-1\]; \[\] makes a conditional Gaussian linear"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            make_model(spec, (5,), prior=prior)
 
 
 @pytest.mark.parametrize("script, expect", [
