@@ -310,14 +310,15 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
             record.update(kl=terms.kl, recon=terms.recon, active_units=terms.active_units)
         lines.append(json.dumps(_metrics_line(record)) + "\n")
         atomic_write_text(metrics, "".join(lines))  # whole lines only, even if killed mid-write
-        last.update(snapshot=snapshot, saved=False, state=None)
+        # This epoch's state replaces the last one only once it is complete, and stays in memory until it is
+        # on disk: an interrupt at any moment here saves this epoch or the previous one, never nothing.
+        state = snapshot()
+        last.update(snapshot=snapshot, saved=False, state=state)
         if record.get("best"):
-            save_checkpoint(run_dir / BEST, {**snapshot(), **extra})
+            save_checkpoint(run_dir / BEST, {**state, **extra})
         if every and record["epoch"] % every == 0:
-            save_checkpoint(run_dir / CHECKPOINT, {**snapshot(), **extra})
-            last.update(saved=True, saved_epoch=record["epoch"])
-        else:  # kept in memory, so that Ctrl-C in the next epoch can still save this one exactly
-            last["state"] = snapshot()
+            save_checkpoint(run_dir / CHECKPOINT, {**state, **extra})
+            last.update(saved=True, saved_epoch=record["epoch"], state=None)
 
     epochs = config.train.epochs
     last["saved_epoch"] = resume["epoch"] if resume is not None else None
