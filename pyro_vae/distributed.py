@@ -38,6 +38,7 @@ progress.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -96,6 +97,10 @@ def process_group():
         yield
         barrier()  # rank 0 may still be writing figures: leave together, so no rank tears down under another
     finally:
+        # DDP's reducer (in reference cycles of the wrapped module) holds the group and gloo's pending work;
+        # left to interpreter shutdown, gloo's threads can abort the process (SIGABRT, "terminate called
+        # without an active exception"), so it is collected while the group is still alive.
+        gc.collect()
         dist.destroy_process_group()
 
 
