@@ -6,6 +6,19 @@ minibatch costs one elementwise pass fewer forwards and backwards (and one
 ``[B, 784]`` buffer fewer each way); at batch 1024 on 2 cores that was about a
 millisecond of a 25 ms training step.
 
+:class:`IndependentNormal` is ``Normal(loc, scale).to_event(n)`` whose density
+of its own reparameterised draw ``z = loc + scale * eps`` is computed from
+``eps``, and :class:`UnitNormal` is ``N(0, I)`` with the density of a standard
+normal. Summed over the event dimensions::
+
+    log q(z) = -1/2 sum eps^2 - sum log scale - n/2 log(2 pi)
+    log p(z) = -1/2 sum z^2 - n/2 log(2 pi)
+
+The first equals the generic ``-1/2 ((z - loc) / scale)^2 - log scale - ...``
+in value and in its total derivative along ``z = loc + scale * eps`` (the
+``(z - loc) / scale`` terms cancel exactly), with three autograd nodes instead
+of about ten; the guide and prior densities of every training step are these.
+
 :class:`DiagNormalMixture` is a mixture of diagonal Gaussians whose density
 costs two matrix products.
 
@@ -30,9 +43,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pyro.distributions import Bernoulli, Categorical, Independent, TorchDistribution, constraints
+from pyro.distributions import Bernoulli, Categorical, Independent, Normal, TorchDistribution, constraints
+from torch.distributions.utils import _standard_normal
 
-__all__ = ["IndependentBernoulli", "DiagNormalMixture", "bernoulli_logits_log_prob"]
+__all__ = ["IndependentBernoulli", "IndependentNormal", "UnitNormal", "DiagNormalMixture",
+           "bernoulli_logits_log_prob"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def bernoulli_logits_log_prob(logits: torch.Tensor, value: torch.Tensor, dims: tuple = ()) -> torch.Tensor:
@@ -58,6 +75,69 @@ class IndependentBernoulli(Independent):
     def log_prob(self, value):
         return bernoulli_logits_log_prob(self.base_dist.logits, value,
                                          tuple(range(-self.reinterpreted_batch_ndims, 0)))
+
+
+class IndependentNormal(Independent):
+    """``Normal(loc, scale).to_event(event_dim)`` (same law, values and gradients) with a cheaper ``log_prob``.
+
+    ``rsample`` draws as ``Normal`` does (same random numbers) and keeps its
+    standard-normal noise; ``log_prob`` of that very tensor (unchanged since)
+    uses the noise instead of recomputing ``(z - loc) / scale``. Any other
+    value is scored by the generic formula, summed over the event dimensions.
+    ``expand`` (plates) keeps this class; ``kl_divergence`` dispatches as for
+    ``Independent(Normal)``.
+    """
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, event_dim: int = 1, validate_args=None):
+        super().__init__(Normal(loc, scale, validate_args=False), event_dim, validate_args=validate_args)
+        self._draw = None
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance=self.__new__(type(self)) if _instance is None else _instance)
+        new._draw = None
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        base = self.base_dist
+        eps = _standard_normal(base._extended_shape(sample_shape), dtype=base.loc.dtype, device=base.loc.device)
+        value = base.loc + eps * base.scale
+        self._draw = (value, value._version, eps)
+        return value
+
+    def _dims(self) -> tuple:
+        return tuple(range(-self.reinterpreted_batch_ndims, 0))
+
+    def _broadcast(self, lp: torch.Tensor) -> torch.Tensor:
+        return lp if lp.shape == self.batch_shape else lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        base, dims, draw = self.base_dist, self._dims(), self._draw
+        if draw is not None and draw[0] is value and value._version == draw[1]:
+            u2 = draw[2].square()
+        else:
+            u2 = ((value - base.loc) / base.scale).square()
+        quadratic = u2.sum(dims).mul_(-0.5).sub_(_HALF_LOG_2PI * self.event_shape.numel())
+        return self._broadcast(quadratic - base.scale.log().sum(dims))
+
+
+class UnitNormal(IndependentNormal):
+    """The standard normal ``N(0, I)`` over ``zero``'s trailing ``event_dim`` dimensions.
+
+    ``zero`` is a zero tensor (an expanded view will do) giving the shape,
+    dtype and device; ``log_prob(z) = -1/2 sum z^2 - n/2 log(2 pi)``.
+    Otherwise ``Normal(zero, 1).to_event(event_dim)``.
+    """
+
+    def __init__(self, zero: torch.Tensor, event_dim: int = 1, validate_args=None):
+        super().__init__(zero, zero.new_ones(()).expand(zero.shape), event_dim, validate_args=validate_args)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        lp = value.square().sum(self._dims()).mul_(-0.5).sub_(_HALF_LOG_2PI * self.event_shape.numel())
+        return self._broadcast(lp)
 
 
 class DiagNormalMixture(TorchDistribution):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import Registry
-from .distributions import IndependentBernoulli
+from .distributions import IndependentBernoulli, IndependentNormal
 
 __all__ = [
     "Likelihood",
@@ -193,7 +193,10 @@ class _LocScale(Likelihood):
 
     def forward(self, params):
         loc, scale = self._loc_scale(params)
-        return self.family(loc, scale.expand_as(loc)).to_event(self.event_dim)
+        return self._law(loc, scale.expand_as(loc))
+
+    def _law(self, loc, scale):
+        return self.family(loc, scale).to_event(self.event_dim)
 
     def mean(self, params):
         return self._loc_scale(params)[0]
@@ -207,6 +210,9 @@ class Normal(_LocScale):
 
     name = "normal"
     family = dist.Normal
+
+    def _law(self, loc, scale):
+        return IndependentNormal(loc, scale, self.event_dim)  # Normal(loc, scale).to_event, density summed in one pass
 
 
 class Laplace(_LocScale):

@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import Predictive
 from pyro.params.param_store import param_with_module_name
 from torch import nn
 
+from .distributions import IndependentNormal
 from .likelihoods import make_likelihood
 from .nets import make_decoder, make_encoder
 from .priors import make_prior
@@ -115,7 +115,7 @@ class VAE(nn.Module):
             raise ValueError("the guide needs data x")
         with self._plate(x, idx, num_data, n):
             loc, scale = self.encoder(x)
-            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            return pyro.sample("z", IndependentNormal(loc, scale))
 
     # ----------------------------------------------------------------- fitted-model API
     @torch.no_grad()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ._registry import Registry
-from .distributions import DiagNormalMixture
+from .distributions import DiagNormalMixture, UnitNormal
 
 __all__ = [
     "Prior",
@@ -69,8 +69,7 @@ class StandardNormal(Prior):
     """``p(z) = N(0, I)`` (Kingma & Welling 2014)."""
 
     def forward(self, context=None):
-        loc = self._loc()
-        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+        return UnitNormal(self._loc())
 
 
 class Laplace(Prior):

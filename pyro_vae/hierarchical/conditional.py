@@ -19,10 +19,10 @@ References:
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.infer import Predictive
 
+from ..distributions import IndependentNormal
 from ..priors import VampPrior, make_prior
 from .parts import ConditionalNormal, ContextDecoder, ContextEncoder, DataModel, _shape, one_hot
 
@@ -108,7 +108,7 @@ class CVAE(DataModel):
             raise ValueError("the guide needs data x")
         c = self.context(c)
         with self._plate(x, idx, num_data, n):
-            return pyro.sample("z", dist.Normal(*self.encoder(x, c)).to_event(1))
+            return pyro.sample("z", IndependentNormal(*self.encoder(x, c)))
 
     # ----------------------------------------------------------------- fitted-model API
     @torch.no_grad()

@@ -26,12 +26,12 @@ from __future__ import annotations
 import math
 
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.infer import Predictive
 from torch import nn
 
+from ..distributions import IndependentNormal
 from ..nets import make_decoder, make_encoder
 from ..priors import make_prior
 from .parts import DataModel, OffsetPrior
@@ -108,7 +108,7 @@ class GroupedVAE(DataModel):
         g = self._groups(g, x.shape[0] if x is not None else n)
         with pyro.plate("groups", self.num_groups):
             tau = self.group_scale.expand(self.latent_dim)
-            u = pyro.sample("u", dist.Normal(torch.zeros_like(tau), tau).to_event(1))
+            u = pyro.sample("u", IndependentNormal(torch.zeros_like(tau), tau))
         with self._plate(x, idx, num_data, n):
             z = pyro.sample("z", self.prior(context=u[..., g, :]))
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
@@ -120,9 +120,9 @@ class GroupedVAE(DataModel):
             raise ValueError("the guide needs data x")
         self._groups(g, x.shape[0])
         with pyro.plate("groups", self.num_groups):
-            pyro.sample("u", dist.Normal(self.group_loc, F.softplus(self.group_raw_scale)).to_event(1))
+            pyro.sample("u", IndependentNormal(self.group_loc, F.softplus(self.group_raw_scale)))
         with self._plate(x, idx, num_data, n):
-            return pyro.sample("z", dist.Normal(*self.encoder(x)).to_event(1))
+            return pyro.sample("z", IndependentNormal(*self.encoder(x)))
 
     # ----------------------------------------------------------------- fitted-model API
     def offsets(self) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions.transforms import AffineTransform
 
+from ..distributions import IndependentNormal
 from ..model import VAE
 from ..nets import MLP, layer_sizes, make_decoder, make_encoder
 from ..priors import Prior
@@ -118,7 +119,7 @@ class ConditionalNormal(Prior):
         if context is None:
             raise ValueError("ConditionalNormal is a conditional prior: call it with context=c "
                              f"of shape [*batch, {', '.join(map(str, self.context_shape))}]")
-        return dist.Normal(*self.loc_scale(context)).to_event(1)
+        return IndependentNormal(*self.loc_scale(context))
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, context_shape={self.context_shape}, hidden={self.hidden}"

@@ -37,6 +37,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
+from ..distributions import IndependentNormal
 from ..nets import MLP, layer_sizes
 from ..priors import VampPrior, make_prior
 from .parts import ContextDecoder, ContextEncoder, DataModel, one_hot
@@ -144,7 +145,7 @@ class SSVAE(DataModel):
                 logits = torch.where(labelled[:, None], pinned, logits)
             y_site = pyro.sample("y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
             loc, scale = self.encoder(x, one_hot(y_site, self.n_classes, x.dtype))
-            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            return pyro.sample("z", IndependentNormal(loc, scale))
 
     # ----------------------------------------------------------------- fitted-model API
     @torch.no_grad()

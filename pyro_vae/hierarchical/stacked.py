@@ -24,11 +24,11 @@ References:
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.infer import Predictive
 from torch import nn
 
+from ..distributions import IndependentNormal
 from ..nets import layer_sizes, make_decoder, make_encoder
 from ..priors import make_prior
 from .parts import ConditionalNormal, DataModel, precision_merge
@@ -119,7 +119,7 @@ class StackedVAE(DataModel):
             if self.inference == "ladder":
                 return self._ladder(x)
             loc, scale = self.first_encoder(x)
-            z = pyro.sample(self.latent_sites[0], dist.Normal(loc, scale).to_event(1))
+            z = pyro.sample(self.latent_sites[0], IndependentNormal(loc, scale))
             for i, up in enumerate(self.up, start=1):
                 z = pyro.sample(self.latent_sites[i], up(z))
             return z
@@ -133,10 +133,10 @@ class StackedVAE(DataModel):
 
     def _ladder(self, x):
         ups = self._upward(x)
-        z = pyro.sample(self.latent_sites[-1], dist.Normal(*ups[-1]).to_event(1))
+        z = pyro.sample(self.latent_sites[-1], IndependentNormal(*ups[-1]))
         for i in reversed(range(len(self.stages))):
             loc, scale = precision_merge(*ups[i], *self.stages[i].loc_scale(z))
-            z = pyro.sample(self.latent_sites[i], dist.Normal(loc, scale).to_event(1))
+            z = pyro.sample(self.latent_sites[i], IndependentNormal(loc, scale))
         return z
 
     # ----------------------------------------------------------------- fitted-model API
