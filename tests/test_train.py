@@ -153,3 +153,17 @@ def test_nonfinite_steps_can_be_skipped(digits):
     assert all(torch.isfinite(p).all() for p in vae.parameters())
     with pytest.raises(ValueError, match="on_nonfinite"):
         fit(vae, digits[0][:300], epochs=1, on_nonfinite="ignore", progress=False)
+
+
+@pytest.mark.parametrize("bad, finite", [(None, True), (float("nan"), False), (float("inf"), False),
+                                         (-float("inf"), False), ("inf-inf", False), (1e30, True)])
+def test_gradient_check_flags_any_nonfinite_element(bad, finite):
+    """The step's gradient check (one sum per tensor): NaN, either infinity, or both cancelling in one sum."""
+    from pyro_vae.step import _finite
+
+    grads = [torch.randn(40, 30), torch.randn(30)]
+    if bad == "inf-inf":
+        grads[0][3, 4], grads[0][17, 2] = float("inf"), -float("inf")
+    elif bad is not None:
+        grads[1][7] = bad
+    assert _finite(grads) is finite
