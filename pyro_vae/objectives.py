@@ -3,7 +3,8 @@
 Every name maps to a Pyro ELBO object in one table (``OBJECTIVES``):
 
 =============  =====================================================================
-``elbo``       ``Trace_ELBO`` (default); ``jit=True`` gives :class:`ShapeJitELBO` (``JitTrace_ELBO``)
+``elbo``       :class:`SummedTrace_ELBO`, ``Trace_ELBO`` with less work per step (default);
+               ``jit=True`` gives :class:`ShapeJitELBO` (``JitTrace_ELBO``)
 ``meanfield``  ``TraceMeanField_ELBO``: analytic KL where torch has it
 ``iwae``       :class:`LocalRenyiELBO` with ``alpha=0``: the IWAE bound per data point
 ``renyi``      :class:`LocalRenyiELBO` with a chosen ``alpha``
@@ -29,22 +30,106 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import (ELBO, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO,
                         TraceMeanField_ELBO)
 from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import is_validation_enabled
+from pyro.util import warn_if_nan
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import prune_subsample_sites
 
 from ._registry import Registry
 
 __all__ = [
     "OBJECTIVES",
     "make_objective",
+    "SummedTrace_ELBO",
     "LocalRenyiELBO",
     "FreeBitsELBO",
     "ShapeJitELBO",
     "KLSchedule",
     "LatentScale",
 ]
+
+
+# ----------------------------------------------------------------------------- ELBO
+def _add(total, term):
+    return term if total is None else total + term
+
+
+class SummedTrace_ELBO(Trace_ELBO):
+    """``Trace_ELBO`` that sums the log-densities of a reparameterised guide before scaling them.
+
+    The same estimator on the same Pyro traces, so the same values and
+    gradients (``tests/test_objectives.py`` compares them on every model
+    type), with less work per step. ``Trace_ELBO`` multiplies each site's
+    log-density by its plate's scale (``N / B``), keeps three score parts
+    per guide site and reads every site's sum back to Python; for a VAE that
+    is about ten extra tensor operations, forwards and backwards, and three
+    synchronisations a step. Here every site's log-density is summed, sums
+    sharing a scale are added, each distinct scale multiplies once and the
+    loss is read once::
+
+        ELBO = sum_s scale_s * (sum_{model sites at s} log p - sum_{guide sites at s} log q)
+
+    A guide site without ``rsample`` (which needs the score-function
+    estimator), a guide that is a ``GuideMessenger`` and Pyro's validation
+    mode (which checks the traces) take ``Trace_ELBO``'s own path.
+    """
+
+    def _get_trace(self, model, guide, args, kwargs):
+        if is_validation_enabled() or isinstance(poutine.unwrap(guide), Messenger):
+            return super()._get_trace(model, guide, args, kwargs)
+        guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace),
+                                    graph_type="flat").get_trace(*args, **kwargs)
+        return model_trace, guide_trace
+
+    @staticmethod
+    def _sites(trace):
+        return [site for site in trace.nodes.values()
+                if site["type"] == "sample" and not isinstance(site["fn"], _Subsample)]
+
+    def _summed_elbo(self, model_trace, guide_trace):
+        """The particle's ELBO as a tensor, or ``None`` where ``Trace_ELBO``'s estimator is needed."""
+        model_sites, guide_sites = self._sites(model_trace), self._sites(guide_trace)
+        if any("log_prob" in site for site in model_sites) or not all(site["fn"].has_rsample
+                                                                       for site in guide_sites):
+            return None
+        sums: dict = {}  # scale -> [sum of model log-densities, sum of guide log-densities]
+        for i, sites in enumerate((model_sites, guide_sites)):
+            for site in sites:
+                lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+                scale, mask = site["scale"], site["mask"]
+                if torch.is_tensor(scale) or mask is not None:
+                    lp, scale = scale_and_mask(lp, scale, mask), 1.0
+                pair = sums.setdefault(scale, [None, None])
+                pair[i] = _add(pair[i], lp.sum())
+        elbo = None
+        for scale, (log_p, log_q) in sums.items():
+            term = -log_q if log_p is None else (log_p if log_q is None else log_p - log_q)
+            elbo = _add(elbo, term if scale == 1.0 else term * scale)
+        return elbo
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        elbo = self._summed_elbo(model_trace, guide_trace)
+        if elbo is None:
+            if not any("log_prob" in site for site in self._sites(model_trace)):
+                model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+                model_trace.compute_log_prob()
+                guide_trace.compute_score_parts()
+            return super()._differentiable_loss_particle(model_trace, guide_trace)
+        return -elbo.item(), -elbo
+
+    def loss(self, model, guide, *args, **kwargs):
+        with torch.no_grad():
+            loss = sum(self._differentiable_loss_particle(*traces)[0]
+                       for traces in self._get_traces(model, guide, args, kwargs)) / self.num_particles
+        warn_if_nan(loss, "loss")
+        return loss
 
 
 # ----------------------------------------------------------------------------- IWAE / Renyi
@@ -247,7 +332,7 @@ def _elbo(num_particles=1, max_plate_nesting=float("inf"), jit: bool = False, fr
         if jit:
             raise ValueError("objective 'elbo': free_bits and jit cannot be combined")
         return FreeBitsELBO(free_bits, num_particles=num_particles, max_plate_nesting=max_plate_nesting)
-    return _vectorised(ShapeJitELBO if jit else Trace_ELBO, num_particles, max_plate_nesting)
+    return _vectorised(ShapeJitELBO if jit else SummedTrace_ELBO, num_particles, max_plate_nesting)
 
 
 def _meanfield(num_particles=1, max_plate_nesting=float("inf"), jit: bool = False):
@@ -280,7 +365,8 @@ class _Options:
 
 
 OBJECTIVES = Registry("objective")
-OBJECTIVES.register("elbo", _elbo, doc="Trace_ELBO (jit=True: JitTrace_ELBO; free_bits=lambda nats per latent dim)",
+OBJECTIVES.register("elbo", _elbo, doc="Trace_ELBO, log-densities summed before scaling (jit=True: "
+                    "JitTrace_ELBO; free_bits=lambda nats per latent dim)",
                     target=_Options.elbo)
 OBJECTIVES.register("meanfield", _meanfield, doc="TraceMeanField_ELBO, analytic KL where available",
                     target=_Options.meanfield)

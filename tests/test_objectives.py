@@ -10,7 +10,7 @@ from pyro.infer import JitTrace_ELBO, JitTraceGraph_ELBO, RenyiELBO, Trace_ELBO
 
 import pyro_vae.distributions
 from pyro_vae import VAE, fit
-from pyro_vae.objectives import (OBJECTIVES, FreeBitsELBO, KLSchedule, LatentScale, LocalRenyiELBO,
+from pyro_vae.objectives import (OBJECTIVES, FreeBitsELBO, KLSchedule, LatentScale, LocalRenyiELBO, SummedTrace_ELBO,
                                  make_objective)
 
 
@@ -219,3 +219,85 @@ def test_fit_with_jit_compiles_once_per_minibatch_size(digits):
         with pytest.raises(ValueError, match="freezes the KL weight.*linear KL schedule"):
             fit(vae, digits[0][:200], epochs=1, objective=compiled, kl_weight=KLSchedule("linear", warmup=2),
                 progress=False)
+
+
+# ----------------------------------------------------------------------------- SummedTrace_ELBO
+def _step_with(cls, model, guide, args, kwargs, params, validate, **options):
+    """Loss, ``loss()`` and gradients of one step of ``cls`` under a fixed seed."""
+    with pyro.validation_enabled(validate):  # off, as in training: Pyro's validation takes Trace_ELBO's path
+        pyro.set_rng_seed(5)
+        elbo = cls(max_plate_nesting=2, **options)
+        value = elbo.loss_and_grads(model, guide, *args, **kwargs)
+        grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        for p in params:
+            p.grad = None
+        pyro.set_rng_seed(5)
+        return value, elbo.loss(model, guide, *args, **kwargs), grads
+
+
+def _assert_same_step(model, guide, args, kwargs, params, validate=False, **options):
+    got = _step_with(SummedTrace_ELBO, model, guide, args, kwargs, params, validate, **options)
+    want = _step_with(Trace_ELBO, model, guide, args, kwargs, params, validate, **options)
+    assert got[0] == pytest.approx(want[0], rel=1e-5) and got[1] == pytest.approx(want[1], rel=1e-5)
+    assert any(g.abs().sum() > 0 for g in want[2])
+    for g, w in zip(got[2], want[2]):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+CASES = {  # name: (model type, options, wrapper of model and guide, ELBO options)
+    "vae": ("vae", {}, None, {}),
+    "stacked": ("stacked", {"latent_dims": [4, 2]}, None, {}),
+    "cvae": ("cvae", {}, None, {}),
+    "grouped (two plates, two scales)": ("grouped", {"num_groups": 3}, None, {}),
+    "KL weight 0.3 (two scales)": ("vae", {}, lambda m: LatentScale(m.latent_sites, 0.3), {}),
+    "masked points": ("vae", {}, lambda m: poutine.mask(mask=torch.arange(24) % 3 > 0), {}),
+    "3 vectorised particles": ("vae", {}, None, {"num_particles": 3, "vectorize_particles": True}),
+    "2 particles in a loop": ("vae", {}, None, {"num_particles": 2}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_summed_elbo_is_trace_elbo(case):
+    """The default objective against Pyro's Trace_ELBO on the same draws: loss, loss() and every gradient."""
+    from pyro_vae.hierarchical import make_model
+
+    kind, options, wrap, elbo_options = CASES[case]
+    torch.manual_seed(0)
+    model = make_model({"name": kind, **options}, (1, 8, 8), latent_dim=4, net={"name": "mlp", "hidden": [16]})
+    x = torch.bernoulli(torch.rand(24, 1, 8, 8))
+    extra = {"c": torch.arange(24) % 10, "g": torch.arange(24) % 3}
+    args = (x, *(extra[name] for name in getattr(model, "inputs", ("x",))[1:]), torch.arange(24))
+    m, g = (wrap(model)(f) if wrap else f for f in (model.model, model.guide))
+    _assert_same_step(m, g, args, {"num_data": 100}, list(model.parameters()), **elbo_options)
+    guide_trace = poutine.trace(g).get_trace(*args, num_data=100)
+    model_trace = poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(*args, num_data=100)
+    assert SummedTrace_ELBO()._summed_elbo(model_trace, guide_trace) is not None  # the summed path was the one tested
+
+
+def test_summed_elbo_takes_trace_elbos_path_for_score_function_sites_and_under_validation():
+    """A discrete guide site needs the score-function term; validation needs Pyro's checks: both give Trace_ELBO."""
+    import pyro.distributions as dist
+    from torch.distributions import constraints
+
+    x = torch.tensor([0.2, 1.4, -0.3, 0.9])
+
+    def model(x):
+        p = pyro.param("p", torch.tensor(0.3), constraint=constraints.unit_interval)
+        loc = pyro.param("loc", torch.tensor(0.5))
+        with pyro.plate("data", 10, subsample=torch.arange(4)):
+            b = pyro.sample("b", dist.Bernoulli(p))
+            pyro.sample("x", dist.Normal(loc * b, 1.0), obs=x)
+
+    def guide(x):
+        q = pyro.param("q", torch.full((4,), 0.6), constraint=constraints.unit_interval)
+        with pyro.plate("data", 10, subsample=torch.arange(4)):
+            pyro.sample("b", dist.Bernoulli(q))
+
+    pyro.clear_param_store()
+    model(x), guide(x)
+    params = [pyro.param(name).unconstrained() for name in ("p", "loc", "q")]
+    _assert_same_step(model, guide, (x,), {}, params, num_particles=50, vectorize_particles=True)
+    vae = VAE((1, 8, 8), latent_dim=2, net={"name": "mlp", "hidden": [8]})
+    xb = torch.bernoulli(torch.rand(6, 1, 8, 8))
+    _assert_same_step(vae.model, vae.guide, (xb, torch.arange(6)), {"num_data": 30}, list(vae.parameters()),
+                      validate=True)
