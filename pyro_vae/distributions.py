@@ -70,6 +70,8 @@ class IndependentBernoulli(Independent):
         super().__init__(Bernoulli(logits=logits, validate_args=False), event_dim, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self  # a plate over a batch the distribution already has (distributions are immutable)
         return super().expand(batch_shape, _instance=self.__new__(type(self)) if _instance is None else _instance)
 
     def log_prob(self, value):
@@ -93,6 +95,8 @@ class IndependentNormal(Independent):
         self._draw = None
 
     def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self  # as IndependentBernoulli; keeps a draw already made
         new = super().expand(batch_shape, _instance=self.__new__(type(self)) if _instance is None else _instance)
         new._draw = None
         return new

@@ -1,7 +1,7 @@
 """One SVI step that refuses non-finite losses and gradients.
 
-The moves of Pyro's ``SVI.step``: the objective's ``loss_and_grads`` under
-``poutine.trace(param_only=True)`` to find the parameters, ``optim(params)``,
+The moves of Pyro's ``SVI.step``: the objective's ``loss_and_grads`` under a
+handler that records the parameters (``poutine.trace(param_only=True)`` there), ``optim(params)``,
 then the gradients cleared. Between gradients and update the loss and the
 gradients are checked, so a NaN or Inf is caught at the step it appears and
 never reaches the weights. :class:`~pyro_vae.distributed.DistributedStepper`
@@ -15,7 +15,7 @@ import warnings
 
 import pyro
 import torch
-from pyro import poutine
+from pyro.poutine.messenger import Messenger
 
 __all__ = ["Stepper"]
 
@@ -31,11 +31,28 @@ def _finite(grads: list) -> bool:
     return not grads or math.isfinite(float(torch.stack([g.sum() for g in grads]).sum()))
 
 
+class _ParamCapture(Messenger):
+    """The unconstrained tensors of the ``param`` sites run inside it, once each, in first-seen order.
+
+    What ``poutine.trace(param_only=True)`` gives ``SVI.step``, without
+    copying each message into a trace node (about a tenth of a small
+    network's step went to that capture).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.params: dict = {}
+
+    def _pyro_post_param(self, msg) -> None:
+        if msg["name"] not in self.params:
+            self.params[msg["name"]] = msg["value"].unconstrained()
+
+
 class Stepper:
     """One SVI step on ``model``/``guide`` that refuses non-finite losses and gradients.
 
     ``stepper(*args, **kwargs)`` runs :meth:`loss_and_grads` (the objective's)
-    under ``poutine.trace(param_only=True)`` to find the parameters, then
+    under a handler that records the ``param`` sites, then
     ``optim(params)``, then clears the gradients (set to ``None``, which torch
     optimisers skip, rather than re-allocated as zeros). Between gradients and
     update it checks the loss and the gradients' norms; on a non-finite value it
@@ -57,11 +74,10 @@ class Stepper:
         return self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
 
     def __call__(self, *args, **kwargs) -> float | None:
-        with pyro.validation_enabled(self.validate), poutine.trace(param_only=True) as capture, \
-                warnings.catch_warnings():
+        with pyro.validation_enabled(self.validate), _ParamCapture() as capture, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Encountered NaN")  # reported by the caller, with the step
             loss = float(self.loss_and_grads(*args, **kwargs))
-        params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        params = list(capture.params.values())
         finite = math.isfinite(loss) and _finite([p.grad for p in params if p.grad is not None])
         if finite:
             self.optim(params)

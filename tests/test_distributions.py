@@ -47,6 +47,7 @@ def test_independent_normal_scores_other_values_and_a_changed_draw_by_the_formul
         z.add_(1.0)  # the kept noise no longer describes z
     torch.testing.assert_close(ours.log_prob(z), ref.log_prob(z))
     assert (ours.batch_shape, ours.event_shape) == (ref.batch_shape, ref.event_shape)
+    assert ours.expand([4]) is ours and type(ours.expand([3, 4])) is IndependentNormal  # a plate of its own size
     torch.testing.assert_close(ours.mean, loc)
     torch.testing.assert_close(ours.variance, scale ** 2)
 

@@ -167,3 +167,33 @@ def test_gradient_check_flags_any_nonfinite_element(bad, finite):
     elif bad is not None:
         grads[1][7] = bad
     assert _finite(grads) is finite
+
+
+def test_step_finds_the_parameters_svi_would():
+    """The step's parameter capture against ``poutine.trace(param_only=True)`` (what ``SVI.step`` uses):
+    the same unconstrained tensors, in the same order, each once, a constrained one included."""
+    import pyro
+    from pyro import poutine
+    from torch.distributions import constraints
+
+    from pyro_vae.step import _ParamCapture
+
+    vae = VAE((1, 8, 8), latent_dim=2, likelihood={"name": "normal", "scale": "shared"},
+              net={"name": "mlp", "hidden": [8]})
+    x = torch.rand(5, 1, 8, 8)
+
+    def programs():
+        vae.guide(x), vae.model(x)
+        pyro.param("positive", torch.ones(3), constraint=constraints.positive)
+        pyro.param("positive")  # seen twice, captured once
+
+    pyro.clear_param_store()
+    with poutine.trace(param_only=True) as trace:
+        programs()
+    with _ParamCapture() as capture:
+        programs()
+    want = [site["value"].unconstrained() for site in trace.trace.nodes.values()]
+    got = list(capture.params.values())
+    assert len(got) == len(want) == sum(p.requires_grad for p in vae.parameters()) + 1
+    assert all(a is b for a, b in zip(got, want))
+    assert got[-1] is pyro.get_param_store()._params["positive"] and not torch.equal(got[-1], pyro.param("positive"))
