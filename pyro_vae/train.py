@@ -370,20 +370,21 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, lr: float 
         else:
             batches = shards.batches(epoch)
         epoch_losses, skipped = [], 0
-        for k, idx in enumerate(batches):
-            if scaler is not None:
-                scaler.weight = schedule(step / steps_per_epoch)
-            step_loss = stepper(*(t[idx] for t in epoch_data), idx, num_data=n)
-            step += 1
-            if step_loss is None:
-                if on_nonfinite == "stop":
-                    raise TrainingDivergedError(
-                        f"the loss or a gradient became NaN/Inf at step {step} (epoch {epoch}, minibatch "
-                        f"{k + 1} of {steps_per_epoch}); the weights keep their values from before "
-                        f"this step. {_DIVERGED_HINT}{_SKIP_HINT}", epoch, step)
-                skipped += 1
-                continue
-            epoch_losses.append(step_loss / n)
+        with pyro.validation_enabled(validate_steps):  # once for the epoch's steps, not per step
+            for k, idx in enumerate(batches):
+                if scaler is not None:
+                    scaler.weight = schedule(step / steps_per_epoch)
+                step_loss = stepper(*(t[idx] for t in epoch_data), idx, num_data=n)
+                step += 1
+                if step_loss is None:
+                    if on_nonfinite == "stop":
+                        raise TrainingDivergedError(
+                            f"the loss or a gradient became NaN/Inf at step {step} (epoch {epoch}, minibatch "
+                            f"{k + 1} of {steps_per_epoch}); the weights keep their values from before "
+                            f"this step. {_DIVERGED_HINT}{_SKIP_HINT}", epoch, step)
+                    skipped += 1
+                    continue
+                epoch_losses.append(step_loss / n)
         if not epoch_losses:
             raise TrainingDivergedError(f"every step of epoch {epoch} had a NaN/Inf loss or gradient and was "
                                         f"skipped (steps {step - steps_per_epoch + 1}-{step}). {_DIVERGED_HINT}",

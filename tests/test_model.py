@@ -166,3 +166,45 @@ def test_stale_param_store_does_not_hijack_training():
     before = [p.detach().clone() for p in vae.parameters()]
     fit(vae, x, epochs=2, progress=False)
     assert all(not torch.equal(b, p) for b, p in zip(before, vae.parameters()))
+
+
+def test_registration_follows_changes_to_the_module():
+    """Each program's parameter list is kept between steps: a swapped network, a new parameter, a frozen or
+    unfrozen one and a new name all show in the next step's param sites, exactly as a fresh walk gives them."""
+    from torch import nn
+
+    vae = VAE((6,), latent_dim=2, net={"name": "mlp", "hidden": [4]})
+    x = torch.rand(3, 6)
+
+    def sites(program):
+        pyro.clear_param_store()  # else the store answers with the tensor first registered under a name
+        with poutine.trace(param_only=True) as tr:
+            getattr(vae, program)(x)
+        return {name: site["value"] for name, site in tr.trace.nodes.items()}
+
+    def expected(program):
+        owned = {k: p for k, p in vae.named_parameters() if p.requires_grad
+                 and (k.partition(".")[0] in vae.guide_parts) == (program == "guide")}
+        return {f"{vae.name}$$${k}": p for k, p in owned.items()}
+
+    def check():
+        for program in ("model", "guide"):
+            want = expected(program)  # first: registering a frozen parameter would unfreeze it (Pyro's store does)
+            got = sites(program)
+            assert got.keys() == want.keys() and all(got[k] is want[k] for k in want), program
+
+    old, new = vae.decoder, type(vae.decoder)(2, (6,), hidden=[5])
+    check()
+    vae.decoder = new  # a decoder built before: its parameters, not the old ones
+    check()
+    assert not any(p is q for p in sites("model").values() for q in old.parameters())
+    vae.likelihood.temperature = nn.Parameter(torch.ones(()))  # a parameter added to a submodule
+    check()
+    assert "vae$$$likelihood.temperature" in sites("model")
+    vae.encoder.net.layers[0].weight.requires_grad_(False)  # frozen, then trainable again
+    check()
+    vae.encoder.net.layers[0].weight.requires_grad_(True)
+    check()
+    vae.name = "renamed"
+    check()
+    assert all(name.startswith("renamed$$$") for name in sites("guide"))
