@@ -124,6 +124,25 @@ class SummedTrace_ELBO(Trace_ELBO):
             return super()._differentiable_loss_particle(model_trace, guide_trace)
         return -elbo.item(), -elbo
 
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """``Trace_ELBO.loss_and_grads``, letting go of each particle's traces before its backward pass.
+
+        The traces hold the decoder's output and other large tensors; the
+        backward pass frees what it no longer needs, and these go with them
+        instead of after the whole step."""
+        loss = 0.0
+        for traces in self._get_traces(model, guide, args, kwargs):
+            trainable = any(site["type"] == "param" for trace in traces for site in trace.nodes.values())
+            loss_particle, surrogate = self._differentiable_loss_particle(*traces)
+            del traces
+            loss += loss_particle / self.num_particles
+            if trainable and getattr(surrogate, "requires_grad", False):
+                if self.num_particles != 1:
+                    surrogate = surrogate / self.num_particles
+                surrogate.backward(retain_graph=self.retain_graph)
+        warn_if_nan(loss, "loss")
+        return loss
+
     def loss(self, model, guide, *args, **kwargs):
         with torch.no_grad():
             loss = sum(self._differentiable_loss_particle(*traces)[0]
