@@ -40,7 +40,7 @@ from torch import nn
 import pyro
 from pyro.infer import SVI
 
-from pyro_vae import VAE, fit
+from pyro_vae import VAE, fit, tune_allocator
 from pyro_vae.objectives import make_objective
 from pyro_vae.train import make_optimizer
 
@@ -261,12 +261,12 @@ def _reference_epoch(ref, opt, x, transform, batch) -> None:
         opt.step()
 
 
-def peak_rss(case: str, n_data: int, steps: int):
+def peak_rss(case: str, n_data: int, steps: int, tuned: bool = False):
     """Peak RSS (MiB) of a short training run per implementation, each in a fresh process."""
     out = {}
     for impl in ("lib", "ref"):
-        done = subprocess.run([sys.executable, __file__, "--rss-child", impl, case, str(n_data), str(steps)],
-                              capture_output=True, text=True, timeout=1800)
+        done = subprocess.run([sys.executable, __file__, "--rss-child", impl, case, str(n_data), str(steps)]
+                              + (["--tune-allocator"] if tuned else []), capture_output=True, text=True, timeout=1800)
         if done.returncode != 0:
             raise RuntimeError(done.stderr)
         out[f"{impl}_peak_rss_mib"] = float(done.stdout.strip().splitlines()[-1])
@@ -314,7 +314,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"{fmt(r, 'epoch_ratio', '.2f')} | {fmt(r, 'lib_first_epoch_s', '.2f')} | {fmt(r, 'lib_peak_rss_mib', '.0f')} "
         f"| {fmt(r, 'ref_peak_rss_mib', '.0f')} "
         f"| {fmt(r, 'rss_ratio', '.2f')} |\n" for r in rows)
-    return f"torch {meta['torch']}, pyro {meta['pyro']}, {meta['threads']} threads, {meta['n_data']} points\n\n" \
+    allocator = ", glibc thresholds raised (--tune-allocator)" if meta.get("tuned_allocator") else ""
+    return f"torch {meta['torch']}, pyro {meta['pyro']}, {meta['threads']} threads, {meta['n_data']} points{allocator}\n\n" \
            + head + body
 
 
@@ -330,9 +331,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--out", default=str(HERE / "results"), help="directory for train.json and train.md")
+    p.add_argument("--tune-allocator", action="store_true",
+                   help="raise glibc's trim/mmap thresholds first (pyro_vae.tune_allocator, what the pyro-vae "
+                        "command does), for both implementations alike")
     p.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.tune_allocator and not tune_allocator():
+        p.error("--tune-allocator: not applied (needs Linux with glibc, and no MALLOC_* threshold in the environment)")
     if args.rss_child:
         impl, case, n, steps = args.rss_child
         _rss_child(impl, case, int(n), int(steps))
@@ -349,11 +355,11 @@ def main(argv=None) -> int:
         if not args.no_epoch:
             row.update(epoch_times(case, n_data, 2 if args.quick else args.epochs))
         if not args.no_rss:
-            row.update(peak_rss(case, n_data, 20 if args.quick else 400))
+            row.update(peak_rss(case, n_data, 20 if args.quick else 400, args.tune_allocator))
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"torch": torch.__version__, "pyro": pyro.__version__, "threads": args.threads, "n_data": n_data,
-            "python": platform.python_version(), "quick": args.quick}
+            "python": platform.python_version(), "quick": args.quick, "tuned_allocator": args.tune_allocator}
     write_report(args.out, "train", meta, rows, markdown(rows, meta))
     return 0
 

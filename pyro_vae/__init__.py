@@ -1,5 +1,6 @@
 """pyro_vae: variational autoencoders as Pyro programs, with swappable priors and likelihoods."""
 
+from .allocator import tune_allocator
 from .evaluate import ELBODecomposition, IWAEResult, elbo, elbo_decomposition, iwae_log_likelihood
 from .likelihoods import LIKELIHOODS, Likelihood, make_likelihood, register_likelihood
 from .model import VAE
@@ -30,5 +31,6 @@ __all__ = [
     "make_optimizer",
     "register_prior",
     "register_likelihood",
+    "tune_allocator",
     "__version__",
 ]

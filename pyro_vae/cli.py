@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from .allocator import tune_allocator
 from .config import Config, ConfigError, apply_overrides, load_config
 
 __all__ = ["main", "build_parser", "TRAIN_FLAGS"]
@@ -472,6 +473,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    tune_allocator()  # this process is ours: keep each step's large buffers in the heap (pyro_vae.allocator)
     try:
         return args.run(args)
     except Exception as err:

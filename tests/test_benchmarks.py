@@ -1,20 +1,31 @@
 """The benchmark commands run end to end on tiny sizes, so they never rot (figures: benchmarks/RESULTS.md)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO
 
 CASES_RUN = ["tiny", "iwae5", "nb-counts", "jit-tiny"]  # one per code path (MLP/Bernoulli, IWAE, counts, compiled)
 
 
-def test_training_benchmark_runs_and_reports_every_case(tmp_path):
+@pytest.mark.parametrize("tuned", [False, True])
+def test_training_benchmark_runs_and_reports_every_case(tmp_path, tuned):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--quick", "--cases",
-                           ",".join(CASES_RUN), "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
+                           ",".join(CASES_RUN if not tuned else CASES_RUN[:1]), "--out", str(tmp_path)]
+                          + (["--tune-allocator"] if tuned else []), capture_output=True, text=True, timeout=600,
+                          cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "train.json").read_text())
+    assert report["meta"]["tuned_allocator"] is tuned
+    if tuned:
+        assert "glibc thresholds raised" in (tmp_path / "train.md").read_text()
+        return
     assert [r["case"] for r in report["rows"]] == CASES_RUN
     for row in report["rows"]:
         for key in ("lib_step_ms", "ref_step_ms", "lib_epoch_s", "ref_epoch_s", "lib_peak_rss_mib",
