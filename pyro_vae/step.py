@@ -57,7 +57,7 @@ class Stepper:
     under a handler that records the ``param`` sites, then
     ``optim(params)``, then clears the gradients (set to ``None``, which torch
     optimisers skip, rather than re-allocated as zeros). Between gradients and
-    update it checks the loss and the gradients' norms; on a non-finite value it
+    update it checks the loss and the gradients' sums; on a non-finite value it
     clears the gradients and returns ``None`` without touching the weights.
 
     Args:
