@@ -2,8 +2,9 @@
 
 Both run in one process, interleaved in blocks, on the same minibatches:
 
-* step: median time of one optimisation step (library: ``SVI.step`` on the
-  VAE's Pyro model and guide; reference: loss, backward, ``Adam.step``);
+* step: median time of one optimisation step (library: the step ``fit`` takes,
+  ``pyro_vae.step.Stepper`` on the VAE's Pyro model and guide with validation
+  off, as in training; reference: loss, backward, ``Adam.step``);
 * epoch: one full pass over MNIST-sized data (60000 x 784 by default) with the
   data pipeline included: a fresh dynamic binarisation, a permutation, slicing
   (library: an epoch of ``pyro_vae.fit`` after its first, which also holds
@@ -38,10 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyro
-from pyro.infer import SVI
 
 from pyro_vae import VAE, fit, tune_allocator
-from pyro_vae.objectives import make_objective
+from pyro_vae.objectives import model_objective
+from pyro_vae.step import Stepper
 from pyro_vae.train import make_optimizer
 
 from _report import write_report
@@ -193,11 +194,11 @@ def step_times(case: str, n_data: int, repeats: int, block: int):
     x, _ = make_data(kind, n_data)
     x = _binarise(kind, x)
     pyro.clear_param_store()
-    svi = SVI(vae.model, vae.guide, make_optimizer("adam", 1e-3), make_objective(objective, k, 1))
+    step = Stepper(vae.model, vae.guide, make_optimizer("adam", 1e-3), model_objective(vae, objective, k))
     opt = torch.optim.Adam(ref.parameters(), 1e-3, foreach=True)
 
     def lib(idx):
-        svi.step(x[idx], idx, num_data=n_data)  # tensors positionally, as fit passes them (jit keys on keywords)
+        step(x[idx], idx, num_data=n_data)  # tensors positionally, as fit passes them (jit keys on keywords)
 
     def hand(idx):
         opt.zero_grad(set_to_none=True)
@@ -206,14 +207,15 @@ def step_times(case: str, n_data: int, repeats: int, block: int):
 
     times = {"lib": [], "ref": []}
     g = torch.Generator().manual_seed(1)
-    for r in range(repeats + 2):  # two warm-up rounds
-        idx = torch.randint(0, n_data, (batch,), generator=g)
-        for name, fn in (("lib", lib), ("ref", hand)) if r % 2 == 0 else (("ref", hand), ("lib", lib)):
-            for _ in range(block):
-                t = time.perf_counter()
-                fn(idx)
-                if r >= 2:
-                    times[name].append(time.perf_counter() - t)
+    with pyro.validation_enabled(False):  # as fit runs its steps
+        for r in range(repeats + 2):  # two warm-up rounds
+            idx = torch.randint(0, n_data, (batch,), generator=g)
+            for name, fn in (("lib", lib), ("ref", hand)) if r % 2 == 0 else (("ref", hand), ("lib", lib)):
+                for _ in range(block):
+                    t = time.perf_counter()
+                    fn(idx)
+                    if r >= 2:
+                        times[name].append(time.perf_counter() - t)
     lib_ms, ref_ms = (statistics.median(times[k]) * 1e3 for k in ("lib", "ref"))
     return {"lib_step_ms": lib_ms, "ref_step_ms": ref_ms, "step_ratio": lib_ms / ref_ms,
             "lib_steps_per_s": 1e3 / lib_ms, "ref_steps_per_s": 1e3 / ref_ms}
