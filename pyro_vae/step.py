@@ -37,8 +37,8 @@ class _ParamCapture(Messenger):
     """The unconstrained tensors of the ``param`` sites run inside it, once each, in first-seen order.
 
     What ``poutine.trace(param_only=True)`` gives ``SVI.step``, without
-    copying each message into a trace node (about a tenth of a small
-    network's step went to that capture).
+    copying each message into a trace node (~100 us, about 4% of a tiny
+    network's step, went to that capture).
     """
 
     def __init__(self):
