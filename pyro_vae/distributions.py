@@ -59,7 +59,17 @@ def bernoulli_logits_log_prob(logits: torch.Tensor, value: torch.Tensor, dims: t
     return cross_entropy.sum(dims).neg_() if dims else cross_entropy.neg_()
 
 
-class IndependentBernoulli(Independent):
+class _Independent(Independent):
+    """``Independent`` whose ``expand`` (a plate's broadcast) keeps the subclass, and returns the
+    distribution itself for its own batch shape (distributions are immutable)."""
+
+    def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self
+        return super().expand(batch_shape, _instance=self.__new__(type(self)) if _instance is None else _instance)
+
+
+class IndependentBernoulli(_Independent):
     """``Bernoulli(logits=logits).to_event(event_dim)`` with a cheaper ``log_prob`` (same values).
 
     Values in [0, 1] are scored by the binary cross-entropy, as ``Bernoulli``
@@ -69,17 +79,12 @@ class IndependentBernoulli(Independent):
     def __init__(self, logits: torch.Tensor, event_dim: int, validate_args=None):
         super().__init__(Bernoulli(logits=logits, validate_args=False), event_dim, validate_args=validate_args)
 
-    def expand(self, batch_shape, _instance=None):
-        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
-            return self  # a plate over a batch the distribution already has (distributions are immutable)
-        return super().expand(batch_shape, _instance=self.__new__(type(self)) if _instance is None else _instance)
-
     def log_prob(self, value):
         return bernoulli_logits_log_prob(self.base_dist.logits, value,
                                          tuple(range(-self.reinterpreted_batch_ndims, 0)))
 
 
-class IndependentNormal(Independent):
+class IndependentNormal(_Independent):
     """``Normal(loc, scale).to_event(event_dim)`` (same law, values and gradients) with a cheaper ``log_prob``.
 
     ``rsample`` draws as ``Normal`` does (same random numbers) and keeps its
@@ -95,10 +100,9 @@ class IndependentNormal(Independent):
         self._draw = None
 
     def expand(self, batch_shape, _instance=None):
-        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
-            return self  # as IndependentBernoulli; keeps a draw already made
-        new = super().expand(batch_shape, _instance=self.__new__(type(self)) if _instance is None else _instance)
-        new._draw = None
+        new = super().expand(batch_shape, _instance)
+        if new is not self:  # the same distribution keeps its draw; an expanded copy has none yet
+            new._draw = None
         return new
 
     def rsample(self, sample_shape=torch.Size()):

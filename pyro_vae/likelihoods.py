@@ -156,10 +156,10 @@ class _LocScale(Likelihood):
 
     ``scale``: a positive float (fixed), ``"shared"`` (one learned scalar),
     ``"feature"`` (one learned value per feature) or ``"decoder"`` (a second
-    decoder head, ``softplus(raw) + min_scale``).
+    decoder head, ``softplus(raw) + min_scale``). Subclasses give the law
+    over the event dimensions, ``_law(loc, scale)``.
     """
 
-    family = dist.Normal
     _scale_modes = ("shared", "feature", "decoder")
 
     def __init__(self, scale="shared", init_scale: float = 1.0, min_scale: float = 1e-4):
@@ -196,7 +196,7 @@ class _LocScale(Likelihood):
         return self._law(loc, scale.expand_as(loc))
 
     def _law(self, loc, scale):
-        return self.family(loc, scale).to_event(self.event_dim)
+        raise NotImplementedError
 
     def mean(self, params):
         return self._loc_scale(params)[0]
@@ -209,7 +209,6 @@ class Normal(_LocScale):
     """``x_i ~ N(loc_i, scale_i^2)``; see ``_LocScale`` for the scale options."""
 
     name = "normal"
-    family = dist.Normal
 
     def _law(self, loc, scale):
         return IndependentNormal(loc, scale, self.event_dim)  # Normal(loc, scale).to_event, density summed in one pass
@@ -219,7 +218,9 @@ class Laplace(_LocScale):
     """``x_i ~ Laplace(loc_i, scale_i)``: an L1 reconstruction term, robust to outliers."""
 
     name = "laplace"
-    family = dist.Laplace
+
+    def _law(self, loc, scale):
+        return dist.Laplace(loc, scale).to_event(self.event_dim)
 
 
 def _check_counts(lik, x):
