@@ -116,11 +116,10 @@ class SummedTrace_ELBO(Trace_ELBO):
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         elbo = self._summed_elbo(model_trace, guide_trace)
-        if elbo is None:
-            if not any("log_prob" in site for site in self._sites(model_trace)):
-                model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
-                model_trace.compute_log_prob()
-                guide_trace.compute_score_parts()
+        if elbo is None:  # Trace_ELBO's bookkeeping (memoised per site: a no-op on its own validated traces)
+            model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+            model_trace.compute_log_prob()
+            guide_trace.compute_score_parts()
             return super()._differentiable_loss_particle(model_trace, guide_trace)
         return -elbo.item(), -elbo
 
