@@ -4,9 +4,14 @@ Pyro's ``PyroOptim`` builds one torch optimiser per parameter tensor and steps
 them one by one: for a VAE with ten weight tensors that is ten Python-level
 Adam calls per step, a large share of a small network's step time. Here one
 torch optimiser holds every parameter in a single group and steps them with
-its multi-tensor (``foreach``) kernels, as a hand-written PyTorch loop does;
-the per-element update is the same Adam. An optional torch lr scheduler wraps
-that optimiser and is stepped once per epoch by ``fit``.
+its fused kernel (``fused=True``: one pass over each parameter's state instead of
+about ten multi-tensor ``foreach`` passes) where torch has one for the optimiser
+and the parameters' device, else with its ``foreach`` kernels; the per-element
+update is the same Adam. Over the 784-400-50 VAE's parameters on 2 cores an
+``Adam.step`` took 0.70 ms fused against 1.60 ms ``foreach`` (the tiny
+784-16-2 net: 0.13 against 0.35 ms). An explicit ``fused`` or ``foreach`` in
+the optimiser's arguments is kept as given. An optional torch lr scheduler
+wraps that optimiser and is stepped once per epoch by ``fit``.
 
 It keeps ``PyroOptim``'s contract: ``SVI`` calls it with the parameters seen in
 the traces, new parameters join lazily, per-parameter gradient clipping via
@@ -37,7 +42,10 @@ class MultiTensorOptim(PyroOptim):
 
     def __init__(self, optim_constructor, optim_args: dict, clip_args: dict | None = None, scheduler=None):
         args = dict(optim_args)
-        if "foreach" in inspect.signature(optim_constructor).parameters and "foreach" not in args:
+        accepted = inspect.signature(optim_constructor).parameters
+        # fused is tried when the first parameters arrive (torch checks their device and dtype)
+        self._try_fused = "fused" in accepted and "fused" not in args and "foreach" not in args
+        if "foreach" in accepted and "foreach" not in args and "fused" not in args:
             args["foreach"] = True
         super().__init__(optim_constructor, args, clip_args)
         self._scheduler_spec = scheduler
@@ -60,7 +68,7 @@ class MultiTensorOptim(PyroOptim):
         store = pyro.get_param_store()
         new = sorted(new, key=store.param_name)  # a fixed order, whatever the set's iteration order
         if self.optimizer is None:
-            self.optimizer = self.pt_optim_constructor(new, **self.pt_optim_args)
+            self.optimizer = self._construct(new)
             if self._scheduler_spec is not None:
                 cls, kwargs = self._scheduler_spec
                 self.scheduler = cls(self.optimizer, **kwargs)
@@ -74,6 +82,16 @@ class MultiTensorOptim(PyroOptim):
             state = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
             if state is not None:
                 self.optimizer.state[p] = {k: (v.to(p.device) if torch.is_tensor(v) else v) for k, v in state.items()}
+
+    def _construct(self, params) -> torch.optim.Optimizer:
+        """The torch optimiser, fused where torch has a kernel for these parameters, else ``foreach``."""
+        if self._try_fused:
+            args = {k: v for k, v in self.pt_optim_args.items() if k != "foreach"}
+            try:
+                return self.pt_optim_constructor(params, fused=True, **args)
+            except (RuntimeError, ValueError):  # e.g. a device or dtype without the fused kernel
+                pass
+        return self.pt_optim_constructor(params, **self.pt_optim_args)
 
     def step(self, *args, **kwargs) -> None:
         """Step the lr scheduler (once per epoch); ``ReduceLROnPlateau`` takes the monitored value."""
@@ -103,6 +121,7 @@ class MultiTensorOptim(PyroOptim):
         group = state.pop("__group__", None)
         self._waiting_scheduler = state.pop("__scheduler__", None)
         if group is not None:
-            self.pt_optim_args = {**self.pt_optim_args, **{k: v for k, v in group.items()
-                                                           if k in self.pt_optim_args or k == "lr"}}
+            kept = {k: v for k, v in group.items()  # the settings; not fused/foreach, the kernels this machine has
+                    if (k in self.pt_optim_args or k == "lr") and k not in ("fused", "foreach")}
+            self.pt_optim_args = {**self.pt_optim_args, **kept}
         self._state_waiting_to_be_consumed.update(state)
