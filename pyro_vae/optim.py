@@ -43,9 +43,10 @@ class MultiTensorOptim(PyroOptim):
     def __init__(self, optim_constructor, optim_args: dict, clip_args: dict | None = None, scheduler=None):
         args = dict(optim_args)
         accepted = inspect.signature(optim_constructor).parameters
+        chosen = {"fused", "foreach"} & set(args)  # the caller's own kernel choice is kept
         # fused is tried when the first parameters arrive (torch checks their device and dtype)
-        self._try_fused = "fused" in accepted and "fused" not in args and "foreach" not in args
-        if "foreach" in accepted and "foreach" not in args and "fused" not in args:
+        self._try_fused = "fused" in accepted and not chosen
+        if "foreach" in accepted and not chosen:
             args["foreach"] = True
         super().__init__(optim_constructor, args, clip_args)
         self._scheduler_spec = scheduler
