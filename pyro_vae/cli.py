@@ -261,20 +261,33 @@ def _resume_settings(args) -> int | None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's or `kill`'s stop) ends training like Ctrl-C: the last epoch is saved."""
+def _signals_as_interrupt():
+    """Ctrl-C and SIGTERM (a scheduler's or `kill`'s stop) end training alike: the last epoch is saved.
+
+    The handler raises ``KeyboardInterrupt`` as Python's own does, and also sets
+    ``run.STOP_REQUESTED``, so a run whose exception was lost inside C code still
+    stops at the end of its epoch.
+    """
+    from .run import STOP_REQUESTED
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, frame):
+        STOP_REQUESTED.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    STOP_REQUESTED.clear()
+    # SIGINT ignored (a background job of a script) stays ignored, as Python itself leaves it
+    caught = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, stop) for sig in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        STOP_REQUESTED.clear()
 
 
 def _train(args) -> int:
@@ -282,7 +295,7 @@ def _train(args) -> int:
 
     if args.nproc is not None:
         return _launch(args)
-    with _sigterm_as_interrupt(), distributed.process_group():  # under torchrun: join the other processes
+    with _signals_as_interrupt(), distributed.process_group():  # under torchrun: join the other processes
         if not distributed.is_main():
             args.quiet = True  # rank 0 reports
         return _train_run(args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -276,6 +277,12 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
     atomic_write_text(path, "".join(kept))
 
 
+# Set by the pyro-vae command's SIGINT/SIGTERM handler as it raises KeyboardInterrupt. CPython can lose that
+# exception (C code that calls back into Python and clears any error, e.g. a dict lookup running a Python
+# __eq__ or __hash__, drops it silently); the run then still stops at the end of the epoch in flight.
+STOP_REQUESTED = threading.Event()
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM from the CLI) during a run, after the last completed epoch was saved.
 
@@ -319,6 +326,8 @@ def _fit_run(config: Config, run_dir: Path, splits: DataSplits, vae, extra: dict
         if every and record["epoch"] % every == 0:
             save_checkpoint(run_dir / CHECKPOINT, {**state, **extra})
             last.update(saved=True, saved_epoch=record["epoch"], state=None)
+        if STOP_REQUESTED.is_set():  # the signal's own KeyboardInterrupt was lost: stop now, this epoch kept
+            raise KeyboardInterrupt
 
     epochs = config.train.epochs
     last["saved_epoch"] = resume["epoch"] if resume is not None else None
