@@ -23,10 +23,17 @@ FLAGS = ["--hidden", "32", "--latent-dim", "3", "--quiet", "--preprocess", "dyna
          "--kl-schedule", "linear"]
 
 
+def _sigint_default():
+    """In the child: Ctrl-C's default action. A test run started as a background job of a script has SIGINT
+    ignored, and a child inherits that: the command (like Python) then leaves it ignored and trains on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(run_dir, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", "--out", str(run_dir), *FLAGS, *extra],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
 
 
 def _lines(run_dir):
