@@ -134,7 +134,16 @@ def test_interrupt_while_an_epoch_is_being_kept_saves_the_one_before(tmp_path, m
     assert f"holds epoch 2: continue with `pyro-vae train --resume {run_dir}`" in capsys.readouterr().err
 
 
-def test_an_interrupt_whose_exception_is_lost_still_stops_at_the_end_of_the_epoch(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler during the test, also when the suite runs as a background job (SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_whose_exception_is_lost_still_stops_at_the_end_of_the_epoch(tmp_path, monkeypatch, capsys,
+                                                                                   python_sigint):
     """CPython can drop the ``KeyboardInterrupt`` a signal handler raises (C code that calls back into Python and
     clears errors); the command's handler also records the request, and the run stops after the epoch in flight,
     keeping it. Here the handler runs inside epoch 3's bookkeeping and its exception is swallowed there."""
