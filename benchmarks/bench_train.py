@@ -41,10 +41,9 @@ from torch import nn
 
 import pyro
 
-from pyro_vae import VAE, fit, tune_allocator
+from pyro_vae import VAE, Callback, fit, make_optimizer, tune_allocator
 from pyro_vae.objectives import model_objective
 from pyro_vae.step import Stepper
-from pyro_vae.train import make_optimizer
 
 from _report import write_report
 
@@ -247,15 +246,16 @@ def epoch_times(case: str, n_data: int, rounds: int):
     opt = _ref_adam(ref)
     times = {"lib": [], "ref": []}
 
-    def after_epoch(record, snapshot):  # called after fit has timed the epoch
-        times["lib"].append(record["seconds"])
-        start = time.perf_counter()
-        _reference_epoch(ref, opt, x, transform, batch)
-        times["ref"].append(time.perf_counter() - start)
+    class AfterEpoch(Callback):
+        def on_epoch_end(self, state, record):  # called after fit has timed the epoch
+            times["lib"].append(record["seconds"])
+            start = time.perf_counter()
+            _reference_epoch(ref, opt, x, transform, batch)
+            times["ref"].append(time.perf_counter() - start)
 
     pyro.clear_param_store()
-    fit(vae, x, epochs=rounds + 1, batch_size=batch, objective=objective, num_particles=k, seed=None,
-        train_transform=transform, on_epoch_end=after_epoch, progress=False)
+    fit(vae, x, epochs=rounds + 1, batch_size=batch, objective=model_objective(vae, objective, k), seed=None,
+        train_transform=transform, callbacks=[AfterEpoch()], progress=False)
     lib, ref = times["lib"][1:], times["ref"][1:]
     # the machine's speed drifts between epochs: the ratio is the median over adjacent (lib, ref) pairs
     ratio = statistics.median(a / b for a, b in zip(lib, ref))
@@ -295,7 +295,7 @@ def _rss_child(impl: str, case: str, n_data: int, steps: int) -> None:
     transform = torch.bernoulli if kind in ("binary", "image") else None
     epochs = max(1, math.ceil(steps * batch / n_data))
     if impl == "lib":
-        fit(vae, x, epochs=epochs, batch_size=batch, objective=objective, num_particles=k, progress=False,
+        fit(vae, x, epochs=epochs, batch_size=batch, objective=model_objective(vae, objective, k), progress=False,
             train_transform=transform)
     else:
         opt = _ref_adam(ref)

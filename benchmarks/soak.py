@@ -30,9 +30,9 @@ import torch
 
 from pyro_vae.checkpoint import load_run
 from pyro_vae.config import Config, ConfigError, apply_overrides
-from pyro_vae.hierarchical.registry import model_data
 from pyro_vae.evaluate import elbo
-from pyro_vae.run import load_splits, train_run
+from pyro_vae.models.registry import model_data
+from pyro_vae.run import load_splits, resolve_config, train_run
 
 UNIT = ["bernoulli", "continuous-bernoulli", {"name": "normal", "scale": "shared"},
         {"name": "normal", "scale": "decoder"}, {"name": "laplace", "scale": "feature"}]
@@ -90,6 +90,7 @@ def one_run(overrides: dict) -> tuple[str, str]:
         return "failed", "".join(traceback.format_exception(err)[-3:]).strip()[:800]
     try:
         vae, config, _ = load_run(result.run_dir)
+        config, _ = resolve_config(config)  # data.preprocess as the run used it (every draw here sets it)
         splits = load_splits(config.data, config.train.seed)
         data = model_data(vae, splits.test, splits.test_labels, split="test")
         value = elbo(vae, data)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae import PRIORS, VAE, fit
+from pyro_vae import PRIORS, VAE, fit, make_optimizer
 from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics import psis_diagnostic
 from pyro_vae.evaluate import elbo_decomposition
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     for spec in variants():
         vae = VAE(data.data_shape, latent_dim=args.latent_dim, prior=spec["prior"], likelihood=spec["likelihood"],
                   net={"name": "mlp", "hidden": [128]})
-        fit(vae, data.train, epochs=args.epochs, batch_size=128, lr=3e-3, seed=0, progress=False)
+        fit(vae, data.train, epochs=args.epochs, batch_size=128, optim=make_optimizer("adam", lr=3e-3), seed=0,
+            progress=False)
         rows.append({**spec, **evaluate(vae, test, args.k, num_samples=min(args.k, 100))})
         print(f"fitted {spec['prior']} / {spec['likelihood']}: IWAE {rows[-1]['iwae']:.2f}", flush=True)
     print_table(rows, args.k, args.latent_dim)

@@ -30,9 +30,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from pyro_vae import elbo, fit
+from pyro_vae import elbo, fit, make_optimizer
 from _images import load_images  # examples/_images.py
-from pyro_vae.hierarchical import CVAE, fill_hidden, quadrant_task
+from pyro_vae.models import CVAE, fill_hidden, quadrant_task
 
 TUTORIAL = {1: 71.8, 2: 51.0, 3: 24.2}
 
@@ -56,8 +56,8 @@ def main(argv=None):
 
     # 1. digits of a chosen class
     cvae = CVAE(data.data_shape, n_classes=10, latent_dim=latent, net=net, name="cvae_class")
-    fit(cvae, (train, data.train_labels), epochs=args.epochs, batch_size=128, lr=3e-3 if args.smoke else 1e-3,
-        progress=not args.smoke)
+    fit(cvae, (train, data.train_labels), epochs=args.epochs, batch_size=128,
+        optim=make_optimizer("adam", lr=3e-3 if args.smoke else 1e-3), progress=not args.smoke)
     flat = train.reshape(len(train), -1)[:5000].numpy()
     with threadpool_limits(1):  # a small problem: one BLAS thread is ~100x faster than two on a busy machine
         judge = LogisticRegression(max_iter=2000).fit(flat, data.train_labels[:5000].numpy())
@@ -74,8 +74,8 @@ def main(argv=None):
         hidden_test, context_test, _ = quadrant_task(test, n_observed)
         model = CVAE(hidden.shape[1:], context_shape=context.shape[1:], latent_dim=latent, net=net,
                      name=f"cvae_q{n_observed}")
-        fit(model, (hidden, context), epochs=args.epochs, batch_size=128, lr=3e-3 if args.smoke else 1e-3,
-            progress=not args.smoke)
+        fit(model, (hidden, context), epochs=args.epochs, batch_size=128,
+            optim=make_optimizer("adam", lr=3e-3 if args.smoke else 1e-3), progress=not args.smoke)
         nll[n_observed] = -elbo(model, (hidden_test, context_test), num_particles=10)
         ref = f" (tutorial on MNIST: {TUTORIAL[n_observed]})" if data.name == "mnist" else ""
         print(f"{n_observed} quadrant(s) observed: -ELBO of the hidden pixels {nll[n_observed]:.2f} nats{ref}")

@@ -25,8 +25,8 @@ import argparse
 import pyro
 import torch
 
-from pyro_vae import fit
-from pyro_vae.hierarchical import GroupedVAE
+from pyro_vae import fit, make_optimizer
+from pyro_vae.models import GroupedVAE
 
 
 def simulate(n_groups: int, per_group: int, genes: int = 30, latent: int = 2, seed: int = 2):
@@ -64,7 +64,8 @@ def main(argv=None):
     x, groups, offsets = simulate(args.groups, args.per_group)
     vae = GroupedVAE(x.shape[1], args.groups, latent_dim=offsets.shape[1], likelihood="negative-binomial",
                      net={"name": "mlp", "hidden": [64]})
-    result = fit(vae, (x, groups), epochs=args.epochs, batch_size=256, lr=1e-2, progress=False)
+    result = fit(vae, (x, groups), epochs=args.epochs, batch_size=256, optim=make_optimizer("adam", lr=1e-2),
+                 progress=False)
     r2 = r_squared(vae.offsets(), offsets)
     raw, corrected = vae.encode(x)[0], vae.corrected(x, groups)
     print(f"{args.groups} batches x {args.per_group} cells x {x.shape[1]} genes; train ELBO "

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae import VAE, elbo, fit
+from pyro_vae import VAE, Callback, elbo, fit, make_optimizer
 from pyro_vae.data import load_dataset
 from pyro_vae.plots import plot_history, save_image_grid
 
@@ -58,15 +58,18 @@ def main(argv=None) -> float:
     print(f"{args.dataset}: {len(train)} training / {len(test)} test points; test ELBO before training "
           f"{initial:.2f} nats")
 
-    def test_elbo(record, snapshot):
-        if record["epoch"] % args.test_every == 0 or record["epoch"] == args.epochs:
-            record["test_elbo"] = elbo(vae, test)
-            print(f"epoch {record['epoch']:3d}  train ELBO {record['train_elbo']:9.2f}  "
-                  f"test ELBO {record['test_elbo']:9.2f}  ({record['seconds']:.1f} s)", flush=True)
+    class TestELBO(Callback):
+        """The test ELBO every ``--test-every`` epochs and at the last, added to the epoch's record."""
+
+        def on_epoch_end(self, state, record):
+            if record["epoch"] % args.test_every == 0 or record["epoch"] == args.epochs:
+                record["test_elbo"] = elbo(vae, test)
+                print(f"epoch {record['epoch']:3d}  train ELBO {record['train_elbo']:9.2f}  "
+                      f"test ELBO {record['test_elbo']:9.2f}  ({record['seconds']:.1f} s)", flush=True)
 
     start = time.perf_counter()
-    result = fit(vae, train, epochs=args.epochs, batch_size=128, lr=1e-3, seed=args.seed,
-                 on_epoch_end=test_elbo, progress=not args.smoke)
+    result = fit(vae, train, epochs=args.epochs, batch_size=128, optim=make_optimizer("adam", lr=1e-3),
+                 seed=args.seed, callbacks=[TestELBO()], progress=not args.smoke)
     final = result.history[-1]["test_elbo"]
 
     out = Path(args.out)

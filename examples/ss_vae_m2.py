@@ -6,9 +6,9 @@ M2 adds a discrete label site to the VAE and lets Pyro enumerate it::
     guide:  y ~ q(y | x) enumerated exactly,  z ~ q(z | x, y)
 
 The training data are ``(x, y)`` with ``y = -1`` for unlabelled images, fitted
-by ``pyro_vae.fit`` with ``objective="enum"`` (``TraceEnum_ELBO``). Each label
-count is compared with the same classifier network trained on the labelled
-images alone.
+by ``pyro_vae.fit`` with ``objective=model_objective(m2, "enum", 1)``
+(``TraceEnum_ELBO``). Each label count is compared with the same classifier
+network trained on the labelled images alone.
 
 Usage::
 
@@ -29,9 +29,9 @@ import pyro
 import torch
 
 from _images import load_images  # examples/_images.py
-from pyro_vae import fit
-from pyro_vae.hierarchical import SSVAE, labels_only_classifier
-from pyro_vae.hierarchical.registry import balanced_labels
+from pyro_vae import fit, make_optimizer
+from pyro_vae.models import SSVAE, balanced_labels, labels_only_classifier
+from pyro_vae.objectives import model_objective
 
 
 def main(argv=None):
@@ -60,8 +60,9 @@ def main(argv=None):
         y = balanced_labels(data.train_labels, n_labels)
         m2 = SSVAE(data.data_shape, latent_dim=latent, classifier_hidden=hidden, net={"name": "mlp", "hidden": hidden},
                    alpha=args.alpha, name=f"m2_{n_labels}")
-        fit(m2, (data.train, y), epochs=args.epochs, batch_size=200, lr=1e-3 if not args.smoke else 3e-3,
-            objective="enum", progress=not args.smoke)
+        fit(m2, (data.train, y), epochs=args.epochs, batch_size=200,
+            optim=make_optimizer("adam", lr=1e-3 if not args.smoke else 3e-3),
+            objective=model_objective(m2, "enum", 1), progress=not args.smoke)
         acc = m2.accuracy(data.test, data.test_labels)
         base = labels_only_classifier(m2, data.train, y)
         with torch.no_grad():

@@ -28,10 +28,10 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae import elbo, fit
+from pyro_vae import elbo, fit, make_optimizer
 from pyro_vae.evaluate import iwae_log_likelihood
 from _images import load_images  # examples/_images.py
-from pyro_vae.hierarchical import StackedVAE
+from pyro_vae.models import StackedVAE
 
 
 
@@ -55,7 +55,8 @@ def main(argv=None):
                      net={"name": "mlp", "hidden": hidden}, stage_hidden=hidden[:1], inference=args.inference)
     test = data.test[:1000]
     before = elbo(vae, test)
-    fit(vae, data.train, epochs=args.epochs, batch_size=128, lr=1e-3, progress=not args.smoke)
+    fit(vae, data.train, epochs=args.epochs, batch_size=128, optim=make_optimizer("adam", lr=1e-3),
+        progress=not args.smoke)
     after = elbo(vae, test, num_particles=10)
     iwae = iwae_log_likelihood(vae, test, num_samples=100, seed=0)
     print(f"{data.name}, latent sizes {args.latent_dims}, {args.inference} inference, {args.epochs} epochs")

@@ -2,19 +2,20 @@
 
 A run directory holds ``config.toml`` (the resolved config) and
 ``checkpoint.pt`` (the last saved epoch; other names such as ``best.pt`` can
-sit beside it). The payload is the snapshot that ``pyro_vae.train.fit`` hands
-to ``on_epoch_end`` (so it can be passed back as ``fit(resume=...)``) plus
-what is needed to rebuild the model and its inputs::
+sit beside it). The payload is a :class:`~pyro_vae.train.TrainState` (what
+``fit`` hands its callbacks after each epoch; ``TrainState.from_payload`` gives
+it back for ``fit(resume=...)``) plus what is needed to rebuild the model and
+its inputs::
 
     format       payload layout version (1)
     epoch, step  last finished epoch and optimisation step
-    model        VAE state_dict
+    model        the model's state_dict
     optim        pyro optimiser state (PyroOptim.get_state())
     rng          torch / numpy / python (/ cuda) RNG states
     history      per-epoch metric records; step_losses, kl_weight, early_stopping, best_model
     data_shape   shape of one data point, to rebuild the VAE
     config       resolved config as a nested dict (Config.to_dict())
-    preprocess   statistics that map raw data as the training data was mapped
+    preprocess   the fitted Preprocessing (pyro_vae.data), applied unchanged to new raw data
     versions     pyro_vae, torch, pyro-ppl, python
 
 Every value is a tensor, number, string, list, tuple or dict, so the file loads
@@ -33,10 +34,13 @@ import numpy as np
 import pyro
 import torch
 
+from . import build
 from ._io import atomic_write
 from .config import Config
+from .data import Preprocessing
 
-__all__ = ["CHECKPOINT", "BEST", "CONFIG", "FORMAT", "save_checkpoint", "load_checkpoint", "versions", "load_run"]
+__all__ = ["CHECKPOINT", "BEST", "CONFIG", "FORMAT", "save_checkpoint", "load_checkpoint", "load_run_checkpoint",
+           "versions", "load_run", "load_preprocessing"]
 
 CHECKPOINT = "checkpoint.pt"  # the last saved epoch of a run
 BEST = "best.pt"  # the epoch with the best validation ELBO (written when early stopping is on)
@@ -44,12 +48,15 @@ CONFIG = "config.toml"
 FORMAT = 1
 
 
-def save_checkpoint(path, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temp file in the same directory, fsync, ``os.replace``.
+def save_checkpoint(path, payload) -> Path:
+    """Write ``payload`` (a dict, or a :class:`~pyro_vae.train.TrainState`) to ``path`` atomically: a temp
+    file in the same directory, fsync, ``os.replace``.
 
     A crash or an exception mid-write leaves the previous file at ``path`` intact
     and no temp file behind.
     """
+    if not isinstance(payload, dict):
+        payload = payload.to_payload()
     storable = _storable(payload)
     return atomic_write(path, lambda fh: torch.save(storable, fh))
 
@@ -123,11 +130,11 @@ def load_run_checkpoint(path, map_location="cpu") -> dict:
 
 
 def load_run(run_dir, checkpoint: str = CHECKPOINT, map_location="cpu"):
-    """Rebuild a trained VAE from a run directory.
+    """Rebuild a trained model from a run directory.
 
-    Returns ``(vae, config, payload)``: the VAE in eval mode with the saved
+    Returns ``(model, config, payload)``: the model in eval mode with the saved
     weights (on ``map_location``), the run's :class:`~pyro_vae.config.Config`
-    and the checkpoint payload.
+    (its plugins imported) and the checkpoint payload.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -137,13 +144,18 @@ def load_run(run_dir, checkpoint: str = CHECKPOINT, map_location="cpu"):
         raise FileNotFoundError(f"{run_dir} holds no {checkpoint}; is it a pyro-vae run directory?")
     payload = load_run_checkpoint(path, map_location=map_location)
     config = Config.from_dict(payload["config"])
-    vae = config.model.build(payload["data_shape"])
+    model, _ = build.model(config.model, payload["data_shape"])
     try:
-        vae.load_state_dict(payload["model"])
+        model.load_state_dict(payload["model"])
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:400]
         raise ValueError(f"{path}: its weights do not fit the model its config describes ({detail}); the file "
                          "was altered or mixed with another run's") from err
-    vae.to(map_location)
-    vae.eval()
-    return vae, config, payload
+    model.to(map_location)
+    model.eval()
+    return model, config, payload
+
+
+def load_preprocessing(payload: dict, config: Config) -> Preprocessing:
+    """The run's fitted :class:`~pyro_vae.data.Preprocessing` (a checkpoint of 0.1.0 named it in its config)."""
+    return Preprocessing.from_state(payload["preprocess"], name=config.data.preprocess)

@@ -47,13 +47,8 @@ def _train_flags():
     Component names come before their options (``--net`` before ``--hidden``),
     as setting a component by name resets its options.
     """
-    from .data import DATASETS, PREPROCESS
-    from .likelihoods import LIKELIHOODS
-    from .nets import NETS
-    from .objectives import OBJECTIVES
-    from .hierarchical.registry import MODELS
-    from .priors import PRIORS
-    from .train import OPTIMIZERS
+    from ._registry import LIKELIHOODS, MODELS, NETS, OBJECTIVES, OPTIMIZERS, PREPROCESSINGS, PRIORS
+    from .data import DATASETS
 
     return [
         ("--dataset", "data.source", dict(metavar="NAME", help=f"built-in dataset: {', '.join(DATASETS)}")),
@@ -61,7 +56,9 @@ def _train_flags():
         ("--data-dir", "data.data_dir", dict(metavar="DIR", help="where torchvision datasets are stored")),
         ("--download", "data.download", dict(action="store_const", const=True,
                                              help="download a missing torchvision dataset")),
-        ("--preprocess", "data.preprocess", dict(metavar="NAME", help=f"one of {', '.join(PREPROCESS)}")),
+        ("--preprocess", "data.preprocess", dict(metavar="NAME", help=f"one of {_names(PREPROCESSINGS)}; unset: "
+                                                 "the likelihood's default (bernoulli: scale, normal: standardize, "
+                                                 "counts: none)")),
         ("--labelled", "data.labelled", dict(type=int, metavar="N", help="model m2: training points that keep "
                                              "their label, balanced over classes (the rest are unlabelled)")),
         ("--model", "model.type", dict(metavar="TYPE", help=f"model type: {_names(MODELS)} "
@@ -153,6 +150,9 @@ def _add_train(commands) -> None:
                "  pyro-vae train --config runs/mog/config.toml --out runs/mog-again\n"
                "  pyro-vae train --prior mog --set model.prior.n_components=20 --set train.val_every=5")
     p.add_argument("--config", metavar="FILE", help="TOML config (see examples/configs/)")
+    p.add_argument("--plugin", metavar="MODULE", action="append", default=[], dest="plugins",
+                   help="a module (or .py file) registering components (priors, likelihoods, model types, ...), "
+                        "imported before the config is read and stored in the run [plugins] (repeatable)")
     source = p.add_mutually_exclusive_group()
     for flag, key, options in TRAIN_FLAGS:
         default = _default(key)
@@ -200,7 +200,8 @@ def _add_sample(commands) -> None:
     p.add_argument("-n", "--num", type=int, default=64, metavar="N", help="number of samples (default 64)")
     p.add_argument("--out", default="samples.png", metavar="FILE", help="output .png or .npy (default samples.png)")
     p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of the mean E[x|z]")
-    p.add_argument("--nrow", type=int, default=8, metavar="K", help="images per grid row (default 8)")
+    p.add_argument("--nrow", type=int, metavar="K", help="images per grid row (default: the model's grid, 8, or "
+                   "a row per class for M2 and the CVAE)")
     p.add_argument("--seed", type=int, metavar="S", help="seed (default: the run's seed)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.set_defaults(run=_sample)
@@ -242,10 +243,18 @@ def _parse_set(item: str):
 
 
 def train_config(args) -> Config:
-    """The config for ``train``: defaults, then ``--config``, then flags, then ``--set``."""
+    """The config for ``train``: ``--plugin`` modules imported, then defaults, ``--config``, flags, ``--set``."""
+    from . import plugins
+
+    try:
+        added = plugins.load(getattr(args, "plugins", []))  # before anything names what they register
+    except ValueError as err:
+        raise ConfigError(f"--plugin: {err}") from err
     config = load_config(args.config) if args.config else Config()
     overrides = {key: getattr(args, _dest(flag)) for flag, key, _ in TRAIN_FLAGS
                  if getattr(args, _dest(flag)) is not None}
+    if added:
+        overrides["plugins"] = [*config.plugins, *(p for p in added if p not in config.plugins)]
     overrides.update(_parse_set(item) for item in args.sets)
     return apply_overrides(config, overrides) if overrides else config
 
@@ -253,8 +262,9 @@ def train_config(args) -> Config:
 def _resume_settings(args) -> int | None:
     """``--resume`` continues the saved config; only the total number of epochs may change."""
     given = [flag for flag, _, _ in TRAIN_FLAGS if flag != "--epochs" and getattr(args, _dest(flag)) is not None]
-    if args.config or args.sets or given:
-        extra = (["--config"] if args.config else []) + given + (["--set"] if args.sets else [])
+    if args.config or args.sets or given or args.plugins:
+        extra = (["--config"] if args.config else []) + given + (["--set"] if args.sets else []) + \
+            (["--plugin"] if args.plugins else [])
         raise ConfigError(f"--resume continues the run with its own saved config; it takes only --epochs, "
                           f"not {', '.join(extra)}. Start a new run with --config RUN_DIR/config.toml instead")
     return getattr(args, _dest("--epochs"))
@@ -264,30 +274,28 @@ def _resume_settings(args) -> int | None:
 def _signals_as_interrupt():
     """Ctrl-C and SIGTERM (a scheduler's or `kill`'s stop) end training alike: the last epoch is saved.
 
-    The handler raises ``KeyboardInterrupt`` as Python's own does, and also sets
-    ``run.STOP_REQUESTED``, so a run whose exception was lost inside C code still
-    stops at the end of its epoch.
+    Yields the stop request handed to the training loop. The handler sets it and
+    raises ``KeyboardInterrupt`` as Python's own does, so a run whose exception
+    was lost inside C code (which can drop an exception raised while it calls
+    back into Python) still stops at the end of its epoch.
     """
-    from .run import STOP_REQUESTED
-
+    stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
-    def stop(signum, frame):
-        STOP_REQUESTED.set()
+    def handler(signum, frame):
+        stop.set()
         raise KeyboardInterrupt
 
-    STOP_REQUESTED.clear()
     # SIGINT ignored (a background job of a script) stays ignored, as Python itself leaves it
     caught = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, stop) for sig in caught}
+    previous = {sig: signal.signal(sig, handler) for sig in caught}
     try:
-        yield
+        yield stop
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        STOP_REQUESTED.clear()
+        for sig, saved in previous.items():
+            signal.signal(sig, saved)
 
 
 def _train(args) -> int:
@@ -295,10 +303,10 @@ def _train(args) -> int:
 
     if args.nproc is not None:
         return _launch(args)
-    with _signals_as_interrupt(), distributed.process_group():  # under torchrun: join the other processes
+    with _signals_as_interrupt() as stop, distributed.process_group():  # under torchrun: join the others
         if not distributed.is_main():
             args.quiet = True  # rank 0 reports
-        return _train_run(args)
+        return _train_run(args, stop)
 
 
 def _launch(args) -> int:
@@ -351,37 +359,37 @@ def _launch(args) -> int:
     return 1
 
 
-def _train_run(args) -> int:
-    from .run import resume_run, train_run
+def _train_run(args, stop) -> int:
+    from .run import resolve_config, resume_run, train_run
 
     start = time.perf_counter()
     if args.resume:
         epochs = _resume_settings(args)
         _say(args, f"resuming {args.resume}" + (f" up to epoch {epochs}" if epochs else ""))
-        result = resume_run(args.resume, epochs=epochs, progress=not args.quiet)
+        result = resume_run(args.resume, epochs=epochs, progress=not args.quiet, stop=stop)
     else:
-        config = train_config(args)
+        config, notes = resolve_config(train_config(args))
         m = config.model
-        kind = "" if m.type == "vae" else f"model {m.type}, "
-        _say(args, f"training: {config.data.source}, {kind}prior {m.label('prior')}, likelihood {m.label('likelihood')}, "
-                   f"net {m.label('net')}, latent_dim {m.latent_dim}, {config.train.epochs} epochs on "
-                   f"{config.train.device} (seed {config.train.seed})")
-        result = train_run(config, progress=not args.quiet)
+        _say(args, f"training: {config.data.source}, model {m.type}, prior {m.label('prior')}, likelihood "
+                   f"{m.label('likelihood')}, net {m.label('net')}, latent_dim {m.latent_dim}, "
+                   f"{config.train.epochs} epochs on {config.train.device} (seed {config.train.seed})", *notes)
+        result = train_run(config, progress=not args.quiet, stop=stop)
     from .distributed import is_main
 
     if not is_main():  # a multi-process run: rank 0 reports
         return 0
     seconds = time.perf_counter() - start
     last = result.history[-1] if result.history else {}
-    summary = ", ".join(f"{k} {last[k]:.3f}" for k in ("train_elbo", "val_elbo", "recon", "kl") if k in last)
+    summary = ", ".join(f"{k} {last[k]:.3f}" for k in ("train_elbo", "val_elbo", "recon", "kl")
+                        if last.get(k) is not None)
     s = result.splits
     _say(args, f"done in {seconds:.1f} s: {len(s.train)} train / {len(s.val)} val / {len(s.test)} test points; "
-               f"{summary or 'no epochs'} (nats per data point)",
+               f"{summary or 'no epochs'} ({result.units.description if result.units else 'nats per data point'})",
          f"run directory: {result.run_dir}")
     notes = {"checkpoint": "weights, optimiser, RNG state (pyro-vae train --resume continues it)",
              "best": "the epoch with the best validation ELBO", "config": "resolved config: "
              f"pyro-vae train --config {result.files['config']} --out NEW_DIR repeats the run",
-             "metrics": "one JSON line per epoch"}
+             "metrics": "one JSON line per epoch", "accuracy": "test accuracy of the classifier q(y | x)"}
     for name, path in result.files.items():
         _say(args, f"  {path.name:<20} {notes.get(name, 'figure')}")
     return 0
@@ -393,14 +401,6 @@ def _device(args):
     return resolve_device(args.device)
 
 
-def _set_seed(args, config) -> int:
-    import pyro
-
-    seed = config.train.seed if args.seed is None else args.seed
-    pyro.set_rng_seed(seed)
-    return seed
-
-
 def _evaluate(args) -> int:
     from .run import evaluate_run
 
@@ -410,57 +410,47 @@ def _evaluate(args) -> int:
                           seed=args.seed, device=_device(args), iwae_samples=args.iwae_samples, psis=args.psis)
     if args.json:
         print(json.dumps(report))
-    else:
-        print(f"{report['split']} ELBO: {report['elbo']:.4f} nats per data point "
-              f"(n={report['n']}, {report['num_particles']} particle(s), seed {report['seed']}, "
-              f"checkpoint epoch {report['epoch']})")
-        if "iwae_log_likelihood" in report:
-            print(f"IWAE log-likelihood ({report['iwae_samples']} samples): {report['iwae_log_likelihood']:.4f} "
-                  f"+- {report['iwae_stderr']:.4f} nats per data point")
-        if "khat_fraction_above_0_7" in report:
-            print(f"PSIS: {report['khat_fraction_above_0_7']:.1%} of points have k-hat > 0.7; plot {report['khat_plot']}")
+        return 0
+    print(f"{report['split']} ELBO: {report['elbo']:.4f} nats per data point "
+          f"(n={report['n']}, {report['num_particles']} particle(s), seed {report['seed']}, "
+          f"checkpoint epoch {report['epoch']})")
+    if "iwae_log_likelihood" in report:
+        print(f"IWAE log-likelihood ({report['iwae_samples']} samples): {report['iwae_log_likelihood']:.4f} "
+              f"+- {report['iwae_stderr']:.4f} nats per data point")
+    if "khat_fraction_above_0_7" in report:
+        print(f"PSIS: {report['khat_fraction_above_0_7']:.1%} of points have k-hat > 0.7; plot {report['khat_plot']}")
+    print(f"units: {report['units']}")
+    if report.get("clamped_values"):
+        print(f"note: {report['clamped_values']} values lay outside the training range and were clamped into "
+              "[0, 1]; the log-Jacobian does not hold for them")
     return 0
 
 
 def _sample(args) -> int:
     import numpy as np
 
-    from .checkpoint import load_run
     from .plots import save_image_grid
+    from .run import sample_run
 
     if args.num < 1:
         raise ConfigError(f"-n must be >= 1, got {args.num}")
-    vae, config, _ = load_run(args.run_dir, map_location=_device(args))
-    _set_seed(args, config)
-    from .hierarchical.registry import sample_grid
-
-    x = sample_grid(vae, args.num, mean=not args.draw).cpu()  # labelled models: a row per class
+    grid = sample_run(args.run_dir, args.num, mean=not args.draw, seed=args.seed, device=_device(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
-        np.save(out, x.numpy())
+        np.save(out, grid.images.numpy())
     else:
-        out = save_image_grid(x, out, nrow=args.nrow)
-    print(f"wrote {len(x)} samples of shape {tuple(x.shape[1:])} to {out}")
+        out = save_image_grid(grid.images, out, nrow=args.nrow or grid.nrow)
+    print(f"wrote {len(grid.images)} samples of shape {tuple(grid.images.shape[1:])} to {out}")
     return 0
 
 
 def _encode(args) -> int:
     import numpy as np
-    import torch
 
-    from .checkpoint import load_run
-    from .run import Preprocessing, load_data_file
+    from .run import encode_run
 
-    from .hierarchical.registry import encodes_alone
-
-    vae, config, payload = load_run(args.run_dir, map_location=_device(args))
-    if not encodes_alone(vae):
-        raise ConfigError(f"encode takes data alone, and model type {config.model.type!r} also needs each point's "
-                          "context (label or group); use its encode(x, c) method from Python")
-    x, _ = load_data_file(args.data_file, vae.data_shape, Preprocessing.from_state(payload["preprocess"]))
-    vae.check_data(x, support=False)
-    z = torch.cat([vae.encode(x[i:i + args.batch_size])[0].cpu() for i in range(0, len(x), args.batch_size)])
+    z = encode_run(args.run_dir, args.data_file, batch_size=args.batch_size, device=_device(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, z.numpy().astype(np.float32))
@@ -494,8 +484,10 @@ def main(argv=None) -> int:
             raise
         if not isinstance(err, (ConfigError, ValueError, TypeError, OSError, RuntimeError, ArithmeticError)):
             raise
+        from .models.base import Unsupported
+
         print(f"{PROG} {args.command}: error: {_one_paragraph(err)}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 1
+        return 2 if isinstance(err, (ConfigError, Unsupported)) else 1
     except KeyboardInterrupt as err:
         print(f"{PROG} {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 
 ::
 
+    plugins     modules that register components, imported before anything is checked
     [data]      source, data_dir, download, preprocess, val_fraction, test_fraction, batch_size
     [model]     latent_dim, prior, likelihood, net     (component = name or {name = ..., options})
     [objective] name, num_particles, kl_weight, kl_schedule, kl_warmup, kl_cycles, kl_ratio,
@@ -15,6 +16,10 @@ raise :class:`ConfigError` (a ``ValueError``) naming the full key, e.g.
 ``model.laten_dim``, with the closest valid key. ``Config.to_toml()`` writes a
 file that loads back into an equal ``Config``; ``apply_overrides(config,
 {"model.latent_dim": 4})`` applies dotted overrides with the same checks.
+
+Names and options are checked through each registry's own checker
+(:mod:`pyro_vae._registry`), which imports the component modules on first use;
+nothing is built here. :mod:`pyro_vae.build` turns a config into objects.
 """
 
 from __future__ import annotations
@@ -30,18 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from . import plugins as _plugins
 from ._io import atomic_write_text
-from ._registry import did_you_mean
-from .data import PREPROCESS
-from .hierarchical.registry import MODELS
-from .likelihoods import LIKELIHOODS, make_likelihood
-from .model import VAE
-from .nets import NETS
-from .objectives import OBJECTIVES, KLSchedule, make_objective
-from .priors import PRIORS, make_prior
-from .train import OPTIMIZERS, make_optimizer
+from ._registry import (KL_SCHEDULES, LR_SCHEDULES, MODELS, OBJECTIVES, OPTIMIZERS, PREPROCESSINGS, did_you_mean,
+                        spec_name)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,7 +75,9 @@ class DataConfig:
     source: str = "digits"  # a name in pyro_vae.data.DATASETS, or a path to a .npy/.npz/.csv/.pt file
     data_dir: str | None = None  # torchvision datasets live here (unset: $PYRO_VAE_DATA_DIR or ~/.cache/pyro_vae)
     download: bool = False  # let torchvision fetch missing datasets
-    preprocess: str = "scale"  # none | scale ([0, 1]) | binarize | dynamic-binarize | standardize
+    # none | scale ([0, 1]) | binarize | dynamic-binarize | standardize; unset: the likelihood's own default
+    # (bernoulli: scale, normal/laplace: standardize, counts: none), printed when a run starts
+    preprocess: str | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.1  # unused by torchvision datasets, which keep their official test set
     batch_size: int | None = None  # unset: 128, or every training point if there are fewer; set: exactly this
@@ -96,9 +95,11 @@ class DataConfig:
     def check(self) -> None:
         _require(self.labelled is None or self.labelled >= 1, "data.labelled",
                  f"must be >= 1 (labelled training points for model type m2), got {self.labelled}")
-        _require(self.preprocess in PREPROCESS, "data.preprocess",
-                 f"unknown preprocess {self.preprocess!r}; valid: {', '.join(PREPROCESS)}."
-                 + did_you_mean(self.preprocess, PREPROCESS))
+        if self.preprocess is not None:
+            names = PREPROCESSINGS.names()
+            _require(self.preprocess in names, "data.preprocess",
+                     f"unknown preprocess {self.preprocess!r}; valid: {', '.join(names)}."
+                     + did_you_mean(self.preprocess, names))
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"data.{name}", f"must be in [0, 1), got {value}")
@@ -130,11 +131,15 @@ class ModelConfig:
         _require(self.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {self.latent_dim}")
         with config_key("model.type"):
             entry = MODELS[self.type]
-        for key, registry in (("prior", PRIORS), ("likelihood", LIKELIHOODS), ("net", NETS)):
-            if key == "prior" and self.type == "cvae" and self.label("prior") == "conditional":
-                continue  # p(z | c), the CVAE's own prior
+        default = ModelConfig()
+        for key in ("prior", "likelihood", "net"):
+            spec = getattr(self, key)
+            if not entry.target.takes(key):
+                _require(spec == getattr(default, key), f"model.{key}",
+                         f"model type {self.type!r} takes no {key}; remove the key (its model declares its own)")
+                continue
             with config_key(f"model.{key}"):
-                registry.check_options(*registry.split_spec(getattr(self, key)))
+                entry.target.check_component(key, spec)
         valid = self.type_options(entry)
         for key in self.options:
             if key not in valid:
@@ -146,30 +151,13 @@ class ModelConfig:
     def type_options(entry) -> list[str]:
         """The model type's own keys of ``[model]``: its keyword options less those ``[model]`` sets itself.
 
-        ``name`` is the registry's key and ``context_shape`` comes from the data, so neither is a config key.
+        ``context_shape`` comes from the data, so it is not a config key.
         """
-        return [k for k in entry.options() if k not in _MODEL_KEYS and k not in ("name", "context_shape")]
-
-    def build(self, data_shape):
-        """The model (a :class:`~pyro_vae.model.VAE` by default) for data points of shape ``data_shape``;
-        bad options name their key."""
-        if self.type != "vae":
-            with config_key("model"):
-                return MODELS.build({"name": self.type, **self.options}, data_shape=tuple(data_shape),
-                                    latent_dim=self.latent_dim, prior=self.prior, likelihood=self.likelihood,
-                                    net=self.net)
-        with config_key("model.likelihood"):
-            likelihood = make_likelihood(self.likelihood)
-        with config_key("model.prior"):
-            prior = make_prior(self.prior, self.latent_dim, tuple(data_shape))
-        with config_key("model.net"):
-            return VAE(tuple(data_shape), self.latent_dim, prior=prior, likelihood=likelihood, net=self.net,
-                       **self.options)
+        return [k for k in entry.options() if k not in _MODEL_KEYS and k != "context_shape"]
 
     def label(self, key: str) -> str:
         """The component's name: ``"mog"`` for both ``"mog"`` and ``{"name": "mog", ...}``."""
-        spec = getattr(self, key)
-        return spec if isinstance(spec, str) else spec["name"]
+        return spec_name(getattr(self, key))
 
 
 @dataclass
@@ -192,7 +180,7 @@ class ObjectiveConfig:
             entry = OBJECTIVES[self.name]
         _require(self.num_particles >= 1, "objective.num_particles", f"must be >= 1, got {self.num_particles}")
         with config_key("objective.kl_schedule"):
-            self.kl(epochs=1)
+            KL_SCHEDULES.check(self.kl_spec())
         _require(not (self.options.get("jit") and self.kl_schedule != "constant"), "objective.jit",
                  f"a compiled objective freezes the KL weight, so it cannot follow kl_schedule = "
                  f"{self.kl_schedule!r}; drop jit or use kl_schedule = \"constant\"")
@@ -204,19 +192,14 @@ class ObjectiveConfig:
                                   f"options of objective {self.name!r} ({', '.join(valid) or 'none'})."
                                   + _suggest("objective", key, keys))
 
-    def kl(self, epochs: int) -> KLSchedule:
-        """The KL weight schedule over a run of ``epochs`` epochs."""
-        return KLSchedule(self.kl_schedule, self.kl_weight, warmup=self.kl_warmup, cycles=self.kl_cycles,
-                          ratio=self.kl_ratio, epochs=max(epochs, 1))
-
     def spec(self) -> dict:
-        """``{"name": ..., **options}`` as ``fit(objective=...)`` takes it."""
+        """``{"name": ..., **options}``, the objective as ``make_objective`` takes it."""
         return {"name": self.name, **self.options}
 
-    def build(self):
-        """The Pyro ELBO object."""
-        with config_key("objective"):
-            return make_objective(self.spec(), self.num_particles)
+    def kl_spec(self, epochs: int = 1) -> dict:
+        """The KL schedule as ``KL_SCHEDULES`` takes it, over a run of ``epochs`` epochs."""
+        return {"name": self.kl_schedule, "beta": self.kl_weight, "warmup": self.kl_warmup, "cycles": self.kl_cycles,
+                "ratio": self.kl_ratio, "epochs": max(epochs, 1)}
 
 
 @dataclass
@@ -235,19 +218,13 @@ class OptimConfig:
         if self.clip_norm is not None:
             _require(self.clip_norm > 0, "optim.clip_norm", f"must be > 0, got {self.clip_norm}")
         if self.lr_schedule is not None:
-            self.build(epochs=1)
-
-    def build(self, epochs: int):
-        """The ``pyro.optim`` optimiser (with its lr scheduler) for a run of ``epochs`` epochs."""
-        key = "optim.lr_schedule" if self.lr_schedule is not None else "optim"
-        with config_key(key):
-            return make_optimizer(self.name, self.lr, clip_norm=self.clip_norm, schedule=self.lr_schedule,
-                                  epochs=epochs)
+            with config_key("optim.lr_schedule"):
+                LR_SCHEDULES.check(self.lr_schedule)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60  # the default digits run takes ~10-20 s on 2 CPU cores
+    epochs: int = 60  # the default digits run takes ~10-20 s on 2 CPU cores; at least 1
     seed: int = 0  # seeds weights, data splits, minibatches and Monte Carlo draws
     device: str = "cpu"  # "cuda", "cuda:1", "mps", "auto" (cuda if available): model and data are moved there
     val_every: int = 1  # epochs between validation ELBO / KL / reconstruction evaluations
@@ -262,10 +239,12 @@ class TrainConfig:
         if self.early_stopping is not None:
             _require(self.early_stopping >= 1, "train.early_stopping",
                      f"patience must be >= 1 validation, got {self.early_stopping}")
-        _require(self.epochs >= 0, "train.epochs", f"must be >= 0, got {self.epochs}")
+        _require(self.epochs >= 1, "train.epochs", f"must be >= 1 (a run trains at least one epoch), got {self.epochs}")
         _require(self.val_every >= 1, "train.val_every", f"must be >= 1, got {self.val_every}")
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         with config_key("train.device"):
+            import torch  # only to parse the name; no model or component is touched
+
             try:
                 torch.device("cpu" if self.device == "auto" else self.device)
             except RuntimeError as err:
@@ -283,7 +262,7 @@ _SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveCon
 
 @dataclass
 class Config:
-    """A whole run: data, model, objective, optimiser, training and output settings."""
+    """A whole run: plugins, then data, model, objective, optimiser, training and output settings."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -291,21 +270,27 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    # modules (or .py paths) that register components, imported before the sections are checked;
+    # a run stores them, so evaluate and --resume find a custom prior or model type again
+    plugins: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Config":
         """Validate a nested dict (as read from TOML); missing keys take their defaults."""
         if not isinstance(raw, dict):
             raise ConfigError(f"a config is a table of sections, got {type(raw).__name__}")
+        raw = dict(raw)
+        with config_key("plugins"):
+            plugins = _plugins.load(raw.pop("plugins", []))  # first: they add the names the sections use
         sections = {}
         for name, value in raw.items():
             if name not in _SECTIONS:
-                raise ConfigError(f"unknown section {name!r}; valid sections are {', '.join(_SECTIONS)}."
-                                  + did_you_mean(name, _SECTIONS))
+                raise ConfigError(f"unknown section {name!r}; valid sections are {', '.join(_SECTIONS)} (and the "
+                                  "top-level key plugins)." + did_you_mean(name, [*_SECTIONS, "plugins"]))
             if not isinstance(value, dict):
                 raise ConfigError(f"{name}: must be a table ([{name}]), got {_kind(value)}")
             sections[name] = _section(name, _SECTIONS[name], value)
-        config = cls(**sections)
+        config = cls(**sections, plugins=plugins)
         for part in _parts(config):
             check = getattr(part, "check", None)
             if check is not None:
@@ -314,7 +299,7 @@ class Config:
 
     def to_dict(self) -> dict:
         """Nested plain dict; unset (None) values are left out, as TOML has no null."""
-        out = {}
+        out = {"plugins": list(self.plugins)} if self.plugins else {}
         for name, part in zip(_SECTIONS, _parts(self)):
             table = {k: _plain(v) for k, v in dataclasses.asdict(part).items() if v is not None}
             extra = getattr(part, "_extra", None)
@@ -367,6 +352,9 @@ def apply_overrides(config: Config, overrides: dict) -> Config:
     raw = config.to_dict()
     for key, value in overrides.items():
         parts = key.split(".")
+        if key == "plugins":
+            raw["plugins"] = value
+            continue
         if len(parts) < 2 and not isinstance(value, dict):  # a whole section takes a table
             raise ConfigError(f"override {key!r} must be a dotted key such as 'model.latent_dim'")
         node = raw
@@ -494,6 +482,10 @@ def _toml_table(header: str, table: dict) -> list[str]:
 
 def _toml_document(raw: dict) -> str:
     lines = ["# pyro-vae run configuration (see pyro_vae/config.py for every key and default)"]
+    top = {k: v for k, v in raw.items() if not isinstance(v, dict)}  # TOML: top-level keys before any table
+    if top:
+        lines += [""] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in top.items()]
     for name, table in raw.items():
-        lines += [""] + _toml_table(name, table)
+        if isinstance(table, dict):
+            lines += [""] + _toml_table(name, table)
     return "\n".join(lines) + "\n"

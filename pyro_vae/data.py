@@ -1,15 +1,33 @@
-"""Datasets held in memory as float32 CPU tensors: load, split, preprocess, keep labels.
+"""Datasets held in memory as float32 CPU tensors: load, split, preprocess once, keep labels.
 
 ``load_dataset(source)`` takes a name from :data:`DATASETS` or a path to a user file
-(``.npy``, ``.npz``, ``.csv``, ``.pt``) and returns a :class:`DataSplits`.
-All statistics used by preprocessing come from the training split only.
+(``.npy``, ``.npz``, ``.csv``, ``.pt``) and returns a :class:`DataSplits`. Its
+:class:`Preprocessing` is fitted once, on the raw training split, applied to every
+split, kept with them (and in a run's checkpoint) and applied unchanged to any
+file a saved run evaluates or encodes (:func:`load_data_file`).
+
+Preprocessings (``data.preprocess``)::
+
+    none               x                                   log|J| = 0
+    scale              (x - lo) / (hi - lo), clamped to [0, 1]; lo, hi: 0 and the raw maximum of a
+                       built-in set, else the training split's min and max (identity if already in [0, 1])
+                                                           log|J| = -D log(hi - lo)
+    standardize        (x - mean_d) / std_d per feature d (a constant feature is only centred)
+                                                           log|J| = -sum_d log std_d
+    binarize           scale, then one seeded Bernoulli draw of every split (not invertible)
+    dynamic-binarize   scale, a fresh draw of the training split each epoch, one of the others
+
+``J`` is the Jacobian of the map, so ``log p_raw(x) = log p_model(x') + log|J|``
+for a density; a probability mass (Bernoulli, counts) is unchanged by a change
+of units.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -18,9 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._registry import did_you_mean
+from ._registry import PREPROCESSINGS, did_you_mean
 
-PREPROCESS = ("none", "scale", "binarize", "dynamic-binarize", "standardize")
+__all__ = ["DataSplits", "Preprocessing", "load_dataset", "load_file", "load_data_file", "load_digits",
+           "load_torchvision", "as_tensors", "fit_preprocessing", "DATASETS", "PREPROCESS", "PREPROCESSINGS",
+           "SUPPORTED_SUFFIXES", "DEFAULT_DATA_DIR"]
+
 SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv", ".pt")
 DEFAULT_DATA_DIR = Path(os.environ.get("PYRO_VAE_DATA_DIR", "~/.cache/pyro_vae")).expanduser()
 
@@ -41,6 +62,8 @@ class DataSplits:
     test_labels: Tensor | None
     name: str
     preprocess: str
+    preprocessing: "Preprocessing" = None  # the map from the raw data, fitted on the raw training split
+    clamped: dict = field(default_factory=dict)  # split -> values 'scale' clamped into [0, 1] (outside the map)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -293,36 +316,117 @@ def _take(x: Tensor, y: Tensor | None, idx: Tensor) -> tuple[Tensor, Tensor | No
     return x[idx], (None if y is None else y[idx])
 
 
-def _scale(parts: list[Tensor], raw_max: float | None) -> None:
-    """In place to [0,1]: divide by a known raw maximum, else min-max from train (parts[0])."""
+@dataclass
+class Preprocessing:
+    """Raw data -> model input: ``x' = (x - shift) / scale``, clamped to [0, 1] where ``clamp``.
+
+    Fitted once on the raw training split (:func:`fit_preprocessing`); binarisation
+    (``binarize``: ``"static"`` or ``"dynamic"``) is a draw on top of the map and
+    is not part of ``__call__``. ``shift`` and ``scale`` are 0-d or per feature
+    (``[*data_shape]``).
+    """
+
+    name: str
+    shift: Tensor
+    scale: Tensor
+    clamp: bool = False
+    binarize: str | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = (x - self.shift) / self.scale
+        return x.clamp(0.0, 1.0) if self.clamp else x
+
+    def binarized(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A Bernoulli draw of mapped ``x`` where this preprocessing binarises (as the held-out splits were), else ``x``."""
+        return torch.bernoulli(x, generator=generator) if self.binarize else x
+
+    def clamped(self, x: Tensor) -> int:
+        """How many values of raw ``x`` the map clamps into [0, 1] (the Jacobian does not hold for them)."""
+        if not self.clamp:
+            return 0
+        y = (x - self.shift) / self.scale
+        return int(((y < 0) | (y > 1)).sum())
+
+    def log_abs_det_jacobian(self, data_shape) -> float:
+        """``log |d x' / d x|`` per data point: ``-sum log scale`` over the ``prod(data_shape)`` features."""
+        log_scale = torch.log(self.scale.double())
+        return -float(log_scale.expand(tuple(data_shape)).sum()) if log_scale.dim() else \
+            -float(log_scale) * math.prod(data_shape)
+
+    def state(self) -> dict:
+        """Tensors, strings and booleans only, as a checkpoint stores them."""
+        state = {"name": self.name, "shift": self.shift, "scale": self.scale, "clamp": self.clamp}
+        if self.binarize is not None:
+            state["binarize"] = self.binarize
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict, name: str | None = None) -> "Preprocessing":
+        """Undo :meth:`state`. A checkpoint of pyro_vae 0.1.0 stored no ``name`` (given here) and masked its
+        constant features to 0 (here they are centred, as :func:`fit_preprocessing` does)."""
+        state = dict(state)
+        constant = state.pop("constant", None)
+        if constant is not None and bool(constant.any()):
+            state["scale"] = torch.where(constant, torch.ones_like(state["scale"]), state["scale"])
+        state.setdefault("name", name or "none")
+        if "binarize" not in state:
+            state["binarize"] = {"binarize": "static", "dynamic-binarize": "dynamic"}.get(state["name"])
+        return cls(**state)
+
+
+def _unit_range(name: str, raw: Tensor, raw_max: float | None, binarize: str | None = None) -> Preprocessing:
+    """Into [0, 1]: divide by a known raw maximum, else min-max of the training split (if not already inside)."""
     if raw_max is not None:
-        for p in parts:
-            p.div_(raw_max).clamp_(0.0, 1.0)
-        return
-    lo, hi = parts[0].min(), parts[0].max()
+        return Preprocessing(name, torch.zeros(()), torch.tensor(float(raw_max)), True, binarize)
+    lo, hi = raw.min(), raw.max()
     if lo < 0 or hi > 1:
-        span = torch.clamp(hi - lo, min=torch.finfo(torch.float32).tiny)
-        for p in parts:
-            p.sub_(lo).div_(span)
-    for p in parts[1:]:
-        p.clamp_(0.0, 1.0)
+        return Preprocessing(name, lo, torch.clamp(hi - lo, min=torch.finfo(torch.float32).tiny), True, binarize)
+    return Preprocessing(name, torch.zeros(()), torch.ones(()), True, binarize)
 
 
-def _standardize(parts: list[Tensor]) -> None:
-    """In place, per feature, with mean/std of train (parts[0]); constant features become 0."""
-    std, mean = torch.std_mean(parts[0], dim=0, correction=0)
-    constant = std < _STD_FLOOR
-    std = std.clamp_min(_STD_FLOOR)
-    for p in parts:
-        p.sub_(mean).div_(std).masked_fill_(constant, 0.0)
+def _standard(raw: Tensor, raw_max=None) -> Preprocessing:
+    """Per feature, mean and standard deviation of the training split; a constant feature is only centred."""
+    std, mean = torch.std_mean(raw, dim=0, correction=0)
+    return Preprocessing("standardize", mean, torch.where(std < _STD_FLOOR, torch.ones_like(std), std))
+
+
+PREPROCESSINGS.register("none", lambda raw, raw_max=None: Preprocessing("none", torch.zeros(()), torch.ones(())),
+                        doc="the data as given")
+PREPROCESSINGS.register("scale", partial(_unit_range, "scale"), doc="into [0, 1]: the raw maximum, else min-max")
+PREPROCESSINGS.register("binarize", partial(_unit_range, "binarize", binarize="static"),
+                        doc="scale, then one seeded Bernoulli draw of every split")
+PREPROCESSINGS.register("dynamic-binarize", partial(_unit_range, "dynamic-binarize", binarize="dynamic"),
+                        doc="scale; a fresh Bernoulli draw of the training split each epoch (Burda et al. 2016)")
+PREPROCESSINGS.register("standardize", _standard, doc="zero mean and unit variance per feature")
+PREPROCESS = tuple(PREPROCESSINGS.names())
+
+
+def fit_preprocessing(name: str, raw_train: Tensor, raw_max: float | None = None) -> Preprocessing:
+    """The preprocessing ``name`` fitted on the raw training split (``raw_max``: a built-in set's known maximum)."""
+    return PREPROCESSINGS[name].factory(raw_train, raw_max=raw_max)
+
+
+def as_tensors(data) -> tuple:
+    """``x`` or ``(x, y, ...)`` as a tuple of tensors sharing their first dimension."""
+    tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError("data must be a torch.Tensor [N, ...] (or a tuple of tensors sharing the first dimension N); "
+                        "convert with torch.as_tensor(x, dtype=torch.float32)")
+    sizes = {t.shape[0] for t in tensors}
+    if len(sizes) != 1:
+        raise ValueError(f"data tensors must share their first dimension, got sizes {[t.shape[0] for t in tensors]}")
+    return tensors
 
 
 def load_dataset(source: str, *, data_dir=None, download: bool = False, preprocess: str = "scale",
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> DataSplits:
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+                 preprocessing: Preprocessing | None = None) -> DataSplits:
     """Load a named dataset or a user file, split it with a seeded permutation, preprocess.
 
     Torchvision datasets keep their official test set (``test_fraction`` unused) and take
     ``val_fraction`` of the official train set as validation; others split by both fractions.
+    The preprocessing ``preprocess`` is fitted on the raw training split, unless a fitted
+    one is given (a saved run's, applied unchanged).
     """
     if preprocess not in PREPROCESS:
         raise ValueError(f"unknown preprocess {preprocess!r}; valid: {', '.join(PREPROCESS)}."
@@ -358,16 +462,33 @@ def load_dataset(source: str, *, data_dir=None, download: bool = False, preproce
         train, train_y = _take(x, y, perm[n_val:])
         test, test_y = xt, yt
     del x
-    parts = [train, val, test]  # fresh tensors: safe to modify in place
-
-    if preprocess == "standardize":
-        _standardize(parts)
-    elif preprocess != "none":
-        _scale(parts, raw_max)
-        if preprocess == "binarize":
-            train, val, test = (torch.bernoulli(p, generator=gen) for p in parts)
-        elif preprocess == "dynamic-binarize":
-            val, test = (torch.bernoulli(p, generator=gen) for p in parts[1:])
-
+    pre = fit_preprocessing(preprocess, train, raw_max) if preprocessing is None else preprocessing
+    clamped = {split: pre.clamped(part) for split, part in (("val", val), ("test", test)) if pre.clamp}
+    train, val, test = (pre(p) for p in (train, val, test))
+    if pre.binarize == "static":
+        train, val, test = (torch.bernoulli(p, generator=gen) for p in (train, val, test))
+    elif pre.binarize == "dynamic":
+        val, test = (torch.bernoulli(p, generator=gen) for p in (val, test))
     return DataSplits(train=train, val=val, test=test, train_labels=train_y, val_labels=val_y,
-                      test_labels=test_y, name=name, preprocess=preprocess)
+                      test_labels=test_y, name=name, preprocess=pre.name, preprocessing=pre,
+                      clamped={k: v for k, v in clamped.items() if v})
+
+
+def load_data_file(path, data_shape, preprocessing: Preprocessing | None = None) -> tuple:
+    """A raw user file (:func:`load_file`) mapped like the training data: ``(x, labels | None, clamped)``.
+
+    Rows holding the right number of values are reshaped to ``data_shape``;
+    ``clamped`` counts the values the map clamped into [0, 1]. Binarisation is
+    not applied here (see :meth:`Preprocessing.binarized`).
+    """
+    x, labels = load_file(path)
+    data_shape = tuple(data_shape)
+    if x.shape[1:] != data_shape:
+        if x[0].numel() != torch.Size(data_shape).numel():
+            raise ValueError(f"{path}: rows of shape {tuple(x.shape[1:])} do not fit the model, which was trained on "
+                             f"data points of shape {data_shape} ({torch.Size(data_shape).numel()} values each); "
+                             "pass data with the training data's features, or train a run on this data")
+        x = x.reshape(-1, *data_shape)
+    if preprocessing is None:
+        return x, labels, 0
+    return preprocessing(x), labels, preprocessing.clamped(x)

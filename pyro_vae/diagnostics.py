@@ -25,7 +25,8 @@ import torch
 from matplotlib.figure import Figure
 
 from .evaluate import log_importance_weights
-from .importance import _data_frame, _densities, _evaluation, _Evaluator, _is_random, _site_log_prob
+from .plots import save_figure
+from .importance import data_frame, densities, evaluation, Evaluator, is_random, site_log_prob
 
 __all__ = ["to_inference_data", "PSISResult", "psis_diagnostic", "plot_khat"]
 
@@ -36,7 +37,7 @@ def _by_point(site, tensor: torch.Tensor, particle_dim: int) -> torch.Tensor:
     """``tensor`` (broadcastable to the site's shape) as ``[particles, points, *rest]``."""
     shape = site["fn"].batch_shape + site["fn"].event_shape
     nb = len(site["fn"].batch_shape)
-    return tensor.expand(shape).movedim((nb + particle_dim, nb + _data_frame(site).dim), (0, 1))
+    return tensor.expand(shape).movedim((nb + particle_dim, nb + data_frame(site).dim), (0, 1))
 
 
 def _flat(value: torch.Tensor) -> torch.Tensor:
@@ -55,19 +56,19 @@ def _collect(ev, num_samples: int, batch_size: int, particle_chunk: int | None):
     for start, stop, _, guide_trace, model_trace in ev.passes(num_samples, batch_size, particle_chunk):
         n, fresh, last = stop - start, start != last, start
         for name, site in guide_trace.nodes.items():
-            if _is_random(site) and not site["is_observed"]:
+            if is_random(site) and not site["is_observed"]:
                 value = _by_point(site, site["value"], pd)[:, :n]
                 shapes[name] = tuple(value.shape[2:])
                 add(("posterior", name), value, fresh)
         for name, site in model_trace.nodes.items():
-            if _is_random(site) and site["is_observed"]:
+            if is_random(site) and site["is_observed"]:
                 draw = _by_point(site, site["fn"].sample(), pd)[:, :n]
                 shapes[name] = tuple(draw.shape[2:])
                 add(("posterior_predictive", name), _flat(draw), fresh)
-                add(("log_likelihood", name), _site_log_prob(site, pd)[:, :n], fresh)
+                add(("log_likelihood", name), site_log_prob(site, pd)[:, :n], fresh)
                 if fresh:
                     add(("observed_data", name), _flat(_by_point(site, site["value"], pd)[:1, :n]), fresh)
-        add(("sample_stats", "log_weight"), _densities(guide_trace, model_trace, pd).log_weight[:, :n], fresh)
+        add(("sample_stats", "log_weight"), densities(guide_trace, model_trace, pd).log_weight[:, :n], fresh)
     arrays = {key: torch.cat([torch.cat(p, 0) for p in chunks], 1).numpy() for key, chunks in store.items()}
     return arrays, shapes
 
@@ -107,8 +108,8 @@ def to_inference_data(vae, data, num_samples: int = 100, history=None, num_chain
     """
     if num_chains < 1 or num_samples % num_chains:
         raise ValueError(f"num_samples ({num_samples}) must be a positive multiple of num_chains ({num_chains})")
-    ev = _Evaluator(vae, data, seed)
-    with _evaluation(vae):
+    ev = Evaluator(vae, data, seed)
+    with evaluation(vae):
         arrays, shapes = _collect(ev, num_samples, batch_size, particle_chunk)
     latents = [name for group, name in arrays if group == "posterior"]
     observed = [name for group, name in arrays if group == "observed_data"]
@@ -219,9 +220,4 @@ def plot_khat(khat, path, num_samples: int | None = None) -> Path:
     note = f"; {int((~finite).sum())} non-finite not shown" if (~finite).any() else ""
     ax.set_title(f"PSIS diagnostic: {(khat > 0.7).mean():.1%} of points above 0.7{k_text}{note}")
     ax.legend(loc="best", fontsize="small")
-    path = Path(path)
-    if not path.suffix:
-        path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)

@@ -17,15 +17,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import kl_divergence
 
-from .importance import (_data_frame, _densities, _evaluation, _Evaluator, _is_random, _log_mean_exp, _mean_stderr,
-                         _per_point, _site_log_prob)
+from .data import as_tensors
+from .importance import (data_frame, densities, evaluation, Evaluator, is_random, log_mean_exp, mean_stderr,
+                         per_point, site_log_prob)
 from .objectives import model_objective
 
 __all__ = [
     "elbo",
+    "Units",
+    "data_units",
+    "observation_is_discrete",
     "IWAEResult",
     "iwae_log_likelihood",
     "log_importance_weights",
@@ -47,11 +52,9 @@ def elbo(vae, data, num_particles: int = 1, batch_size: int = 1024, loss=None) -
     ``Trace_ELBO`` (``TraceEnum_ELBO`` for a model that enumerates, such as M2).
     ``data`` may be a tuple ``(x, y, ...)`` as in :func:`~pyro_vae.train.fit`.
     """
-    from .train import as_tensors
-
     tensors = as_tensors(data)
     vae.check_data(tensors[0])
-    device = vae._device()
+    device = vae.device
     if loss is None:
         loss = model_objective(vae, "elbo", num_particles)
     n = tensors[0].shape[0]
@@ -59,6 +62,58 @@ def elbo(vae, data, num_particles: int = 1, batch_size: int = 1024, loss=None) -
     for start in range(0, n, batch_size):
         total += loss.loss(vae.model, vae.guide, *(t[start:start + batch_size].to(device) for t in tensors))
     return -total / n
+
+
+# --------------------------------------------------------------------------- units
+
+class Units(NamedTuple):
+    """What reported log-densities refer to.
+
+    Attributes:
+        log_jacobian: ``log |J|`` per data point of the preprocessing, added to the model's
+            values so they are log-densities of the data as given (0 when there is none to add).
+        description: the units in words, as reports state them.
+    """
+
+    log_jacobian: float
+    description: str
+
+
+@torch.no_grad()
+def observation_is_discrete(model, data) -> bool:
+    """Whether the model's observed sites are probability masses (Bernoulli, counts) rather than densities.
+
+    Read from the support of the distributions in one trace of the model on two points.
+    """
+    args = tuple(t[:2].to(model.device) for t in as_tensors(data))
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), poutine.block():
+        trace = poutine.trace(model.model).get_trace(*args)
+    sites = [site for site in trace.nodes.values() if is_random(site) and site["is_observed"]]
+    return bool(sites) and all(site["fn"].support.is_discrete for site in sites)
+
+
+def data_units(model, data, preprocessing) -> Units:
+    """The units of a run's reported ELBOs and log-likelihoods, given its fitted preprocessing.
+
+    An affine map ``x' = (x - shift) / scale`` changes a density by its Jacobian:
+    ``log p(x) = log p'(x') + log |J|``, so that term is added and numbers refer
+    to the data as the user gave it. A probability mass is unchanged by a change
+    of units, and binarised data cannot be mapped back: both are reported as the
+    model sees them, and the description says so.
+    """
+    name = preprocessing.name
+    if name == "none":
+        return Units(0.0, "nats per data point, of the data as given")
+    if preprocessing.binarize:
+        return Units(0.0, f"nats per data point, of the binarised data ({name!r}: a Bernoulli draw of the data "
+                          "scaled to [0, 1]; not invertible, so not of the data as given)")
+    if observation_is_discrete(model, data):
+        return Units(0.0, f"nats per data point, of the data after {name!r} (a probability mass, which a "
+                          "change of units leaves unchanged)")
+    log_j = preprocessing.log_abs_det_jacobian(model.data_shape)
+    return Units(log_j, f"nats per data point, of the data as given (the model's values plus the log-Jacobian "
+                        f"of {name!r}, {log_j:.6g})")
 
 
 # --------------------------------------------------------------------------- public estimators
@@ -101,11 +156,11 @@ def iwae_log_likelihood(vae, data, num_samples: int = 1000, batch_size: int = 25
             (so ``pyro.set_rng_seed`` fixes it). For a given seed the result
             does not depend on ``batch_size`` or ``particle_chunk``.
     """
-    ev = _Evaluator(vae, data, seed)
-    with _evaluation(vae):
-        per_point = torch.cat([_log_mean_exp(log_w)[:stop - start].cpu()
+    ev = Evaluator(vae, data, seed)
+    with evaluation(vae):
+        per_point = torch.cat([log_mean_exp(log_w)[:stop - start].cpu()
                                for start, stop, log_w in ev.log_weight_chunks(num_samples, batch_size, particle_chunk)])
-    return IWAEResult(*_mean_stderr(per_point), per_point)
+    return IWAEResult(*mean_stderr(per_point), per_point)
 
 
 def log_importance_weights(vae, data, num_samples: int = 1000, batch_size: int = 256,
@@ -116,8 +171,8 @@ def log_importance_weights(vae, data, num_samples: int = 1000, batch_size: int =
     the first K of any run with more samples); ``N * K`` values are kept, so
     for large data prefer :func:`iwae_log_likelihood`.
     """
-    ev = _Evaluator(vae, data, seed)
-    with _evaluation(vae):
+    ev = Evaluator(vae, data, seed)
+    with evaluation(vae):
         return torch.cat([log_w[:stop - start].cpu()
                           for start, stop, log_w in ev.log_weight_chunks(num_samples, batch_size, particle_chunk)])
 
@@ -156,8 +211,8 @@ def _site_kl(guide_site, model_site, particle_dim: int, analytic: bool):
         except NotImplementedError:
             pass
         else:
-            return _per_point(guide_site, scale_and_mask(kl, mask=guide_site["mask"]), particle_dim), "analytic"
-    kl = _site_log_prob(guide_site, particle_dim, guide=True) - _site_log_prob(model_site, particle_dim)
+            return per_point(guide_site, scale_and_mask(kl, mask=guide_site["mask"]), particle_dim), "analytic"
+    kl = site_log_prob(guide_site, particle_dim, guide=True) - site_log_prob(model_site, particle_dim)
     return kl, "monte-carlo"
 
 
@@ -168,25 +223,25 @@ def _posterior_mean(site, particle_dim: int) -> torch.Tensor:
     except NotImplementedError:  # e.g. a mixture without a closed-form mean: use the draw itself
         mean = site["value"]
     nb = len(site["fn"].batch_shape)
-    mean = mean.expand(site["value"].shape).movedim((nb + particle_dim, nb + _data_frame(site).dim), (0, 1))
+    mean = mean.expand(site["value"].shape).movedim((nb + particle_dim, nb + data_frame(site).dim), (0, 1))
     return mean.reshape(mean.shape[0], mean.shape[1], -1)
 
 
 def _latent_order(trace, among) -> list[str]:
-    return [name for name, site in trace.nodes.items() if _is_random(site) and not site["is_observed"]
+    return [name for name, site in trace.nodes.items() if is_random(site) and not site["is_observed"]
             and name in among]
 
 
 def _elbo_terms(guide_trace, model_trace, particle_dim: int, analytic_kl: bool, methods: set):
     """Reconstruction ``[k, B]``, KL ``[k, B]`` and posterior means ``[k, B, units]`` of one trace pair."""
-    recon = _densities(guide_trace, model_trace, particle_dim).log_lik
+    recon = densities(guide_trace, model_trace, particle_dim).log_lik
     # A closed-form KL per site is unbiased when the guide draws the latents in the model's order (the
     # condition of Pyro's TraceMeanField_ELBO); otherwise a site's KL would condition on later draws.
     analytic_kl = analytic_kl and _latent_order(guide_trace, model_trace.nodes) == _latent_order(
         model_trace, guide_trace.nodes)
     kl, means = 0.0, []
     for name, site in guide_trace.nodes.items():
-        if _is_random(site) and not site["is_observed"]:
+        if is_random(site) and not site["is_observed"]:
             site_kl, method = _site_kl(site, model_trace.nodes[name], particle_dim, analytic_kl)
             kl = kl + site_kl
             methods.add(method)
@@ -213,16 +268,16 @@ def elbo_decomposition(vae, data, num_samples: int = 10, iwae_samples: int | Non
     use the first K particles of the same noise streams. Other arguments as for
     :func:`iwae_log_likelihood`.
     """
-    ev = _Evaluator(vae, data, seed)
+    ev = Evaluator(vae, data, seed)
     total = max(num_samples, iwae_samples or 0)
     recon, kl, means, iwae, methods = [], [], [], [], set()
-    with _evaluation(vae):
+    with evaluation(vae):
         for start, stop, tensors in ev.chunks(batch_size):
             n, sums, log_w = stop - start, [0.0, 0.0, 0.0], []
             for particles in ev.particle_ranges(total, tensors[0].shape[0], particle_chunk):
                 guide_trace, model_trace = ev.traces(start, tensors, particles)
                 if iwae_samples:
-                    log_w.append(_densities(guide_trace, model_trace, ev.particle_dim).log_weight)
+                    log_w.append(densities(guide_trace, model_trace, ev.particle_dim).log_weight)
                 used = min(particles.stop, num_samples) - particles.start
                 if used > 0:
                     terms = _elbo_terms(guide_trace, model_trace, ev.particle_dim, analytic_kl, methods)
@@ -230,7 +285,7 @@ def elbo_decomposition(vae, data, num_samples: int = 10, iwae_samples: int | Non
             for out, acc in zip((recon, kl, means), sums):
                 out.append((acc[:n] / num_samples).cpu().double())
             if iwae_samples:
-                iwae.append(_log_mean_exp(torch.cat(log_w)[:iwae_samples].T.contiguous())[:n].cpu().double())
+                iwae.append(log_mean_exp(torch.cat(log_w)[:iwae_samples].T.contiguous())[:n].cpu().double())
     recon_t, kl_t, means_t = torch.cat(recon), torch.cat(kl), torch.cat(means)
     variance = means_t.var(0) if means_t.shape[0] > 1 and means_t.shape[1] else torch.zeros_like(means_t[0])
     elbo_value = recon_t.mean().item() - kl_t.mean().item()

@@ -25,7 +25,7 @@ are reduced in one ``logsumexp``, and data chunks are padded to a multiple of 64
 rows so that SIMD kernels never fall back to their scalar tail loops (which
 round transcendental functions differently) at chunk-dependent positions.
 
-Package-internal: the estimators built on it are public in :mod:`pyro_vae.evaluate`.
+The estimators built on it are :mod:`pyro_vae.evaluate` and :mod:`pyro_vae.diagnostics`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical
 
+from .data import as_tensors
 from .distributions import bernoulli_logits_log_prob
+from .models.base import Unsupported
+
+__all__ = ["DATA_PLATE", "data_frame", "is_random", "per_point", "site_log_prob", "Densities", "densities",
+           "evaluation", "Evaluator", "log_mean_exp", "mean_stderr"]
 
 DATA_PLATE = "data"
 _ROWS = 64  # points per noise tile; data chunks are padded to a multiple of it
@@ -102,11 +107,14 @@ def _from_noise(fn, eps: torch.Tensor, name: str) -> torch.Tensor:
         return fn.sample()
 
 
-def _data_frame(site):
+def data_frame(site, required: bool = True):
+    """The ``"data"`` plate's frame of a site; ``None`` (or, if ``required``, an error) outside it."""
     for frame in site["cond_indep_stack"]:
         if frame.name == DATA_PLATE:
             return frame
-    raise ValueError(f"sample site {site['name']!r} is outside the {DATA_PLATE!r} plate: per-point importance "
+    if not required:
+        return None
+    raise Unsupported(f"sample site {site['name']!r} is outside the {DATA_PLATE!r} plate: per-point importance "
                      "weights need every sample site of the model and guide inside it")
 
 
@@ -133,7 +141,7 @@ class _Streams(Messenger):
         fn = msg["fn"]
         shape = tuple(fn.batch_shape + fn.event_shape)
         nb = len(fn.batch_shape)
-        pdim, ddim = nb + self.particle_dim, nb + _data_frame(msg).dim
+        pdim, ddim = nb + self.particle_dim, nb + data_frame(msg).dim
         eps = self._noise(msg["name"], shape, pdim, ddim).to(_device_of(fn))
         msg["value"] = _from_noise(fn, eps, msg["name"])
         if isinstance(_unwrap(fn), Normal):
@@ -166,18 +174,18 @@ def _device_of(fn) -> torch.device:
 
 # --------------------------------------------------------------------------- traces under a particle plate
 
-def _is_random(site) -> bool:
+def is_random(site) -> bool:
     """A sample site of the generative model or guide: not a plate's subsample site, nor a ``pyro.factor``."""
     return site["type"] == "sample" and not site_is_subsample(site) and not site_is_factor(site)
 
 
-def _per_point(site, value: torch.Tensor, particle_dim: int) -> torch.Tensor:
+def per_point(site, value: torch.Tensor, particle_dim: int) -> torch.Tensor:
     """Reduce a tensor over the batch dims of ``site`` to ``[particles, points]``."""
     need = -particle_dim
     if value.dim() < need:
         value = value.reshape((1,) * (need - value.dim()) + value.shape)
     n = value.dim()
-    pdim, ddim = n + particle_dim, n + _data_frame(site).dim
+    pdim, ddim = n + particle_dim, n + data_frame(site).dim
     if (pdim, ddim) == (0, 1) and n == 2:
         return value
     value = value.movedim((pdim, ddim), (0, 1))
@@ -238,14 +246,14 @@ def _log_prob(fn, value: torch.Tensor, noise: torch.Tensor | None = None) -> tor
     return reduced(base, value, tuple(range(-event_dims, 0)), noise).expand(batch_shape)
 
 
-def _site_log_prob(site, particle_dim: int, guide: bool = False) -> torch.Tensor:
+def site_log_prob(site, particle_dim: int, guide: bool = False) -> torch.Tensor:
     # replay copies a guide site's ``infer`` into the model's site: only guide sites may use the noise
     noise = site["infer"].get(_NOISE) if guide else None
     log_p = scale_and_mask(_log_prob(site["fn"], site["value"], noise), mask=site["mask"])
-    return _per_point(site, log_p, particle_dim)
+    return per_point(site, log_p, particle_dim)
 
 
-class _Densities(NamedTuple):
+class Densities(NamedTuple):
     """Per-point log densities of one trace pair, each ``[particles, points]``."""
 
     log_lik: torch.Tensor  # observed sites of the model, log p(x | z)
@@ -257,23 +265,23 @@ class _Densities(NamedTuple):
         return self.log_lik + self.log_prior - self.log_q
 
 
-def _densities(guide_trace, model_trace, particle_dim: int) -> _Densities:
+def densities(guide_trace, model_trace, particle_dim: int) -> Densities:
     log_lik = log_prior = log_q = 0.0
     for name, site in model_trace.nodes.items():
-        if not _is_random(site):
+        if not is_random(site):
             continue
         if site["is_observed"]:
-            log_lik = log_lik + _site_log_prob(site, particle_dim)
+            log_lik = log_lik + site_log_prob(site, particle_dim)
         elif name in guide_trace.nodes:  # sites the model drew itself are their own proposal: they cancel
-            log_prior = log_prior + _site_log_prob(site, particle_dim)
+            log_prior = log_prior + site_log_prob(site, particle_dim)
     for site in guide_trace.nodes.values():
-        if _is_random(site) and not site["is_observed"]:
-            log_q = log_q + _site_log_prob(site, particle_dim, guide=True)
-    return _Densities(*(torch.as_tensor(t) for t in (log_lik, log_prior, log_q)))
+        if is_random(site) and not site["is_observed"]:
+            log_q = log_q + site_log_prob(site, particle_dim, guide=True)
+    return Densities(*(torch.as_tensor(t) for t in (log_lik, log_prior, log_q)))
 
 
 @contextmanager
-def _evaluation(vae):
+def evaluation(vae):
     """No gradients, no validation (the data were checked once), eval mode; restored afterwards."""
     was_training = vae.training
     vae.eval()
@@ -284,17 +292,15 @@ def _evaluation(vae):
         vae.train(was_training)
 
 
-class _Evaluator:
+class Evaluator:
     """Runs guide and replayed model on chunks of ``data`` under a particle plate."""
 
     def __init__(self, vae, data, seed: int | None):
-        from .train import as_tensors
-
         self.vae = vae
         self.tensors = as_tensors(data)
         vae.check_data(self.tensors[0])
         self.n = self.tensors[0].shape[0]
-        self.device = vae._device()
+        self.device = vae.device
         tensor = next(itertools.chain(vae.parameters(), vae.buffers()), None)  # the noise takes the model's dtype
         self.dtype = tensor.dtype if tensor is not None else torch.get_default_dtype()
         self.seed = int(torch.randint(2 ** 62, ())) if seed is None else int(seed)
@@ -310,8 +316,8 @@ class _Evaluator:
         nesting = 1
         for trace in (guide_trace, model_trace):
             for site in trace.nodes.values():
-                if _is_random(site):
-                    _data_frame(site)  # raises if the site is not per point
+                if is_random(site):
+                    data_frame(site)  # raises if the site is not per point
                     dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
                     nesting = max([nesting, *dims])
         return nesting
@@ -360,15 +366,15 @@ class _Evaluator:
                 yield (*current, torch.cat(parts).T.contiguous())
                 parts = []
             current = (start, stop)
-            parts.append(_densities(guide_trace, model_trace, self.particle_dim).log_weight)
+            parts.append(densities(guide_trace, model_trace, self.particle_dim).log_weight)
         yield (*current, torch.cat(parts).T.contiguous())
 
 
-def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
+def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
     return log_w.logsumexp(-1) - math.log(log_w.shape[-1])
 
 
-def _mean_stderr(per_point: torch.Tensor) -> tuple[float, float]:
+def mean_stderr(per_point: torch.Tensor) -> tuple[float, float]:
     x = per_point.double()
     stderr = x.std().item() / math.sqrt(x.numel()) if x.numel() > 1 else float("nan")
     return x.mean().item(), stderr

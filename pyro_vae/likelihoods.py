@@ -22,15 +22,14 @@ Adding a likelihood::
 
 from __future__ import annotations
 
-import math
-
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import Registry
+from ._registry import LIKELIHOODS
 from .distributions import IndependentBernoulli, IndependentNormal
+from .nets import inv_softplus
 
 __all__ = [
     "Likelihood",
@@ -50,10 +49,6 @@ __all__ = [
 _EPS = 1e-8
 
 
-def _inv_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
-
-
 class Likelihood(nn.Module):
     """Base class. Subclasses set ``n_params`` and implement ``forward`` and ``check_support``.
 
@@ -63,6 +58,9 @@ class Likelihood(nn.Module):
 
     n_params: int = 1
     name: str = "likelihood"
+    # what a run does to the data when data.preprocess is unset: as given ("none"), or the map under which
+    # this family is usually fitted; reported numbers refer to the data as given either way
+    default_preprocess: str = "none"
 
     def __init__(self):
         super().__init__()
@@ -115,6 +113,7 @@ class Bernoulli(Likelihood):
     """
 
     name = "bernoulli"
+    default_preprocess = "scale"
 
     def __init__(self, binary: bool = False):
         super().__init__()
@@ -141,6 +140,7 @@ class ContinuousBernoulli(Likelihood):
     (Loaiza-Ganem & Cunningham 2019)."""
 
     name = "continuous-bernoulli"
+    default_preprocess = "scale"
 
     def forward(self, params):
         logits = params.squeeze(-self.event_dim - 1)
@@ -161,6 +161,7 @@ class _LocScale(Likelihood):
     """
 
     _scale_modes = ("shared", "feature", "decoder")
+    default_preprocess = "standardize"
 
     def __init__(self, scale="shared", init_scale: float = 1.0, min_scale: float = 1e-4):
         super().__init__()
@@ -179,7 +180,7 @@ class _LocScale(Likelihood):
         super().setup(data_shape)
         shape = {"shared": (), "feature": self.data_shape}.get(self.scale)
         if shape is not None and not hasattr(self, "raw_scale"):
-            raw = _inv_softplus(self.init_scale - self.min_scale)
+            raw = inv_softplus(self.init_scale - self.min_scale)
             self.raw_scale = nn.Parameter(torch.full(shape, raw))
 
     def _loc_scale(self, params):
@@ -269,7 +270,7 @@ class NegativeBinomial(Likelihood):
         super().setup(data_shape)
         shape = {"shared": (), "feature": self.data_shape}.get(self.dispersion)
         if shape is not None and not hasattr(self, "raw_dispersion"):
-            self.raw_dispersion = nn.Parameter(torch.full(shape, _inv_softplus(self.init_dispersion)))
+            self.raw_dispersion = nn.Parameter(torch.full(shape, inv_softplus(self.init_dispersion)))
 
     def _heads(self, params):
         """Mean, total_count and the remaining heads."""
@@ -349,7 +350,6 @@ class Categorical(Likelihood):
         return f"levels={self.levels}"
 
 
-LIKELIHOODS = Registry("likelihood")
 for _cls, _doc in [
     (Bernoulli, "Bernoulli with logits; x in [0, 1] (binary cross-entropy)"),
     (ContinuousBernoulli, "continuous Bernoulli on [0, 1], normalised"),

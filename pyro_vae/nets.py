@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import Registry, did_you_mean
+from ._registry import NETS, did_you_mean
 
 __all__ = [
     "MLP",
@@ -31,6 +31,9 @@ __all__ = [
     "make_encoder",
     "make_decoder",
     "make_activation",
+    "layer_sizes",
+    "MIN_SCALE",
+    "inv_softplus",
 ]
 
 _ACTIVATIONS = {
@@ -41,7 +44,12 @@ _ACTIVATIONS = {
     "gelu": nn.GELU,
     "leaky-relu": nn.LeakyReLU,
 }
-_MIN_SCALE = 1e-4
+MIN_SCALE = 1e-4  # floor of every scale a network emits: softplus(raw) + MIN_SCALE
+
+
+def inv_softplus(y: float) -> float:
+    """The raw value whose softplus is ``y > 0``: initialises a parameter that enters as ``softplus(raw)``."""
+    return y + math.log(-math.expm1(-y))
 
 
 def make_activation(name: str) -> nn.Module:
@@ -108,7 +116,7 @@ class MLPEncoder(nn.Module):
     def forward(self, x):
         batch = x.shape[: x.dim() - len(self.data_shape)]
         loc, raw_scale = self.net(x.reshape(*batch, -1))
-        return loc, F.softplus(raw_scale) + _MIN_SCALE
+        return loc, F.softplus(raw_scale) + MIN_SCALE
 
 
 class MLPDecoder(nn.Module):
@@ -139,7 +147,7 @@ class LinearEncoder(nn.Module):
     def forward(self, x):
         batch = x.shape[: x.dim() - len(self.data_shape)]
         loc = self.loc(x.reshape(*batch, -1))
-        return loc, (F.softplus(self.raw_scale) + _MIN_SCALE).expand_as(loc)
+        return loc, (F.softplus(self.raw_scale) + MIN_SCALE).expand_as(loc)
 
 
 class LinearDecoder(nn.Module):
@@ -193,7 +201,7 @@ class ConvEncoder(nn.Module):
         batch = x.shape[:-3]
         h = self.conv(x.reshape(-1, *self.data_shape)).flatten(1)
         loc, raw_scale = self.head(h)
-        return loc.reshape(*batch, -1), (F.softplus(raw_scale) + _MIN_SCALE).reshape(*batch, -1)
+        return loc.reshape(*batch, -1), (F.softplus(raw_scale) + MIN_SCALE).reshape(*batch, -1)
 
 
 class ConvDecoder(nn.Module):
@@ -223,7 +231,6 @@ class ConvDecoder(nn.Module):
         return h.reshape(*batch, *self.out_shape)
 
 
-NETS = Registry("net")
 NETS.register("mlp", (MLPEncoder, MLPDecoder), doc="dense layers; options hidden, activation",
               target=MLPDecoder)
 NETS.register("conv", (ConvEncoder, ConvDecoder), doc="stride-2 conv layers for [C, H, W] data; options channels, "
@@ -243,7 +250,7 @@ def make_encoder(spec, data_shape, latent_dim: int) -> nn.Module:
     if isinstance(spec, nn.Module):
         return spec
     (enc, _), options = _net_spec(spec)
-    return enc(data_shape, latent_dim, **options)
+    return NETS.call(enc, data_shape, latent_dim, **options)
 
 
 def make_decoder(spec, latent_dim: int, data_shape, n_params: int) -> nn.Module:
@@ -251,4 +258,4 @@ def make_decoder(spec, latent_dim: int, data_shape, n_params: int) -> nn.Module:
     if isinstance(spec, nn.Module):
         return spec
     (_, dec), options = _net_spec(spec)
-    return dec(latent_dim, data_shape, n_params, **options)
+    return NETS.call(dec, latent_dim, data_shape, n_params, **options)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from pyro import poutine
@@ -41,7 +42,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
 
-from ._registry import Registry
+from ._registry import KL_SCHEDULES, OBJECTIVES, did_you_mean, spec_name
+from .importance import data_frame
 
 __all__ = [
     "OBJECTIVES",
@@ -51,7 +53,10 @@ __all__ = [
     "FreeBitsELBO",
     "ShapeJitELBO",
     "KLSchedule",
+    "KL_SCHEDULES",
     "LatentScale",
+    "model_objective",
+    "objective_for",
 ]
 
 
@@ -151,13 +156,6 @@ class SummedTrace_ELBO(Trace_ELBO):
 
 
 # ----------------------------------------------------------------------------- IWAE / Renyi
-def _data_frame(site):
-    for frame in site["cond_indep_stack"]:
-        if frame.name == "data":
-            return frame
-    return None
-
-
 def _particle_rank(*traces) -> int:
     """Batch rank with the particle dim first: every log_prob is left-padded to it.
 
@@ -210,7 +208,7 @@ class LocalRenyiELBO(ELBO):
                         continue
                     lp = sign * site["log_prob"]
                     lp = lp.reshape((1,) * (rank - lp.dim()) + lp.shape)
-                    frame = _data_frame(site)
+                    frame = data_frame(site, required=False)
                     if frame is None:
                         global_ = global_ + lp.reshape(lp.shape[0], -1).sum(-1)
                         continue
@@ -382,7 +380,6 @@ class _Options:
         def __init__(self): ...
 
 
-OBJECTIVES = Registry("objective")
 OBJECTIVES.register("elbo", _elbo, doc="Trace_ELBO, log-densities summed before scaling (jit=True: "
                     "JitTrace_ELBO; free_bits=lambda nats per latent dim)",
                     target=_Options.elbo)
@@ -436,7 +433,7 @@ def objective_for(model, spec="elbo"):
     needed = getattr(model, "objective", None)
     if needed is None or isinstance(spec, ELBO):
         return spec
-    name = spec if isinstance(spec, str) else spec.get("name")
+    name = spec_name(spec)
     if name == "elbo":
         return needed if isinstance(spec, str) else {**spec, "name": needed}
     if name != needed:
@@ -466,7 +463,8 @@ class KLSchedule:
 
     def __post_init__(self):
         if self.kind not in ("constant", "linear", "cyclical"):
-            raise ValueError(f"KL schedule kind must be constant, linear or cyclical, got {self.kind!r}")
+            raise ValueError(f"KL schedule kind must be constant, linear or cyclical, got {self.kind!r}."
+                             + did_you_mean(self.kind, ("constant", "linear", "cyclical")))
         if not self.beta >= 0:
             raise ValueError(f"KL weight beta must be >= 0, got {self.beta!r}")
         if self.kind == "linear" and not self.warmup > 0:
@@ -482,6 +480,12 @@ class KLSchedule:
         period = self.epochs / self.cycles
         phase = (t % period) / period if t < self.epochs else 1.0
         return self.beta * min(1.0, phase / self.ratio)
+
+
+for _kind, _doc in [("constant", "beta throughout"), ("linear", "warm-up from 0 to beta over warmup epochs"),
+                    ("cyclical", "cycles ramps over the run, each rising over ratio of its period")]:
+    KL_SCHEDULES.register(_kind, partial(KLSchedule, _kind), doc=_doc, target=KLSchedule, skip=("kind",),
+                          check=partial(KLSchedule, _kind))
 
 
 class LatentScale(Messenger):

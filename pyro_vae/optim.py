@@ -17,6 +17,9 @@ It keeps ``PyroOptim``'s contract: ``SVI`` calls it with the parameters seen in
 the traces, new parameters join lazily, per-parameter gradient clipping via
 ``clip_args``, and ``get_state``/``set_state`` keyed by Pyro's parameter names
 so checkpoints survive a rebuilt model.
+
+The optimiser and lr-schedule tables (``OPTIMIZERS``, ``LR_SCHEDULES``) and
+:func:`make_optimizer`, which builds one by name, are here too.
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ from __future__ import annotations
 import inspect
 
 import pyro
+import pyro.optim
 import torch
 from pyro.optim import PyroOptim
+from pyro.optim.clipped_adam import ClippedAdam
 
-__all__ = ["MultiTensorOptim"]
+from ._registry import LR_SCHEDULES, OPTIMIZERS
+
+__all__ = ["MultiTensorOptim", "OPTIMIZERS", "LR_SCHEDULES", "make_optimizer", "schedulers", "current_lr"]
 
 
 class MultiTensorOptim(PyroOptim):
@@ -54,6 +61,7 @@ class MultiTensorOptim(PyroOptim):
         self.scheduler = None
         self._known: set = set()
         self._waiting_scheduler = None
+        self._waiting_group: dict = {}
 
     def __call__(self, params, *args, **kwargs) -> None:
         new = [p for p in params if p not in self._known]
@@ -76,6 +84,8 @@ class MultiTensorOptim(PyroOptim):
                 if self._waiting_scheduler is not None:
                     self.scheduler.load_state_dict(self._waiting_scheduler)
                     self._waiting_scheduler = None
+            if "initial_lr" in self._waiting_group:  # a new scheduler set it to the resumed lr
+                self.optimizer.param_groups[0]["initial_lr"] = self._waiting_group["initial_lr"]
         else:
             self.optimizer.param_groups[0]["params"].extend(new)
         for p in new:
@@ -121,8 +131,86 @@ class MultiTensorOptim(PyroOptim):
         state = dict(state_dict)
         group = state.pop("__group__", None)
         self._waiting_scheduler = state.pop("__scheduler__", None)
+        self._waiting_group = dict(group or {})
         if group is not None:
             kept = {k: v for k, v in group.items()  # the settings; not fused/foreach, the kernels this machine has
                     if (k in self.pt_optim_args or k == "lr") and k not in ("fused", "foreach")}
             self.pt_optim_args = {**self.pt_optim_args, **kept}
         self._state_waiting_to_be_consumed.update(state)
+
+
+# ----------------------------------------------------------------------------- the tables
+OPTIMIZERS.register("adam", torch.optim.Adam, doc="Adam (Kingma & Ba 2015)", target=torch.optim.Adam)
+OPTIMIZERS.register("clipped-adam", ClippedAdam, doc="Pyro's ClippedAdam (per-element clip_norm, lr decay lrd)",
+                    target=ClippedAdam)
+OPTIMIZERS.register("adamw", torch.optim.AdamW, doc="Adam with decoupled weight decay", target=torch.optim.AdamW)
+
+_SCHEDULE_DEFAULTS = {"exponential": {"gamma": 0.98}, "step": {"step_size": 10, "gamma": 0.5}}
+
+
+def _schedule_check(name):
+    """A checker of a schedule's option values that builds nothing: the options torch requires must be there."""
+    def check(T_max=None, **options):
+        if name == "cosine" and T_max is not None and not T_max >= 1:
+            raise ValueError(f"lr schedule 'cosine': T_max must be >= 1 epoch, got {T_max!r}")
+    return check
+
+
+for _name, _cls, _doc in [
+    ("exponential", torch.optim.lr_scheduler.ExponentialLR, "lr *= gamma every epoch"),
+    ("step", torch.optim.lr_scheduler.StepLR, "lr *= gamma every step_size epochs"),
+    ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR, "cosine decay over T_max epochs (default: the run)"),
+    ("plateau", torch.optim.lr_scheduler.ReduceLROnPlateau,
+     "lr *= factor when the validation ELBO stalls for patience epochs"),
+]:
+    LR_SCHEDULES.register(_name, _cls, doc=_doc, target=_cls, check=_schedule_check(_name))
+
+
+def make_optimizer(name: str = "adam", lr: float = 1e-3, clip_norm: float | None = None, schedule=None,
+                   epochs: int | None = None, **options) -> pyro.optim.PyroOptim:
+    """A ``pyro.optim`` optimiser by name (``adam``, ``clipped-adam``, ``adamw``).
+
+    It is a :class:`MultiTensorOptim`: one torch optimiser over all parameters
+    rather than Pyro's one per tensor (same update, fewer calls).
+
+    ``clip_norm`` clips the gradient norm of each parameter tensor (Pyro's
+    ``clip_args``). ``schedule`` (a name or ``{"name": "exponential", "gamma": 0.99}``)
+    wraps it in a learning-rate scheduler stepped once per epoch by ``fit``;
+    ``cosine`` decays over ``epochs`` unless given ``T_max``.
+    """
+    if not lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {lr!r}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be > 0, got {clip_norm!r}")
+    optim_cls = OPTIMIZERS[name].factory
+    args = {"lr": lr, **options}
+    clip = {"clip_norm": clip_norm} if clip_norm is not None else None
+    if schedule is None:
+        return MultiTensorOptim(optim_cls, args, clip)
+    sname, sopts = LR_SCHEDULES.split_spec(schedule)
+    LR_SCHEDULES.check(schedule)
+    sopts = {**_SCHEDULE_DEFAULTS.get(sname, {}), **sopts}
+    if sname == "cosine" and "T_max" not in sopts:
+        if epochs is None:
+            raise ValueError("lr schedule 'cosine' needs T_max (epochs to decay over)")
+        sopts["T_max"] = int(epochs)
+    return MultiTensorOptim(optim_cls, args, clip, scheduler=(LR_SCHEDULES[sname].factory, sopts))
+
+
+def schedulers(optim) -> list:
+    """The torch lr schedulers inside a pyro optimiser (ours, or Pyro's ``PyroLRScheduler``)."""
+    if isinstance(optim, MultiTensorOptim):
+        return [optim.scheduler] if optim.scheduler is not None else []
+    if isinstance(optim, pyro.optim.PyroLRScheduler):
+        return list(optim.optim_objs.values())
+    return []
+
+
+def current_lr(optim) -> float | None:
+    """The learning rate of a pyro optimiser now (of its first parameter group)."""
+    if isinstance(optim, MultiTensorOptim):
+        return optim.lr
+    for opt in getattr(optim, "optim_objs", {}).values():
+        opt = getattr(opt, "optimizer", opt)  # a scheduler wraps its optimiser
+        return float(opt.param_groups[0]["lr"])
+    return None

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-__all__ = ["plot_history", "save_image_grid", "plot_latent_map", "interpolation_grid", "traversal_grid"]
+__all__ = ["plot_history", "save_image_grid", "save_figure", "plot_latent_map", "interpolation_grid", "traversal_grid"]
 
 PathLike = str | os.PathLike
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # latent codes [M, d] -> decoded means [M, ...]
@@ -48,7 +48,8 @@ def _png_path(path: PathLike) -> Path:
     return path
 
 
-def _save(fig: Figure, path: PathLike) -> Path:
+def save_figure(fig: Figure, path: PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (``.png`` added to a bare name, folders made); returns the path."""
     path = _png_path(path)
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
     return path
@@ -87,7 +88,7 @@ def plot_history(history: Sequence[dict], path: PathLike, keys: Sequence[str] = 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("ELBO per data point (nats)")
     ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_image_grid(images, path: PathLike, nrow: int = 8, data_shape: Sequence[int] | None = None) -> Path:
@@ -126,7 +127,7 @@ def save_image_grid(images, path: PathLike, nrow: int = 8, data_shape: Sequence[
         ax.set_ylabel("sample")
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_locator(MaxNLocator(integer=True))
-        return _save(fig, path)
+        return save_figure(fig, path)
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
@@ -225,7 +226,7 @@ def plot_latent_map(z, labels, path: PathLike, title: str | None = None) -> Path
     if title is None:
         title = f"latent space (d={d}{', PCA' if d > 2 else ''})"
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def interpolation_grid(decode: Decoder, z_start, z_end, steps: int = 10) -> torch.Tensor:

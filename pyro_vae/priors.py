@@ -24,7 +24,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ._registry import Registry
+from ._registry import PRIORS
 from .distributions import DiagNormalMixture, UnitNormal
 
 __all__ = [
@@ -181,7 +181,6 @@ def _student_t(latent_dim, data_shape=None, **options):
     return StudentT(latent_dim, **options)
 
 
-PRIORS = Registry("prior")
 PRIORS.register("normal", lambda latent_dim, data_shape=None: StandardNormal(latent_dim),
                 doc="standard normal N(0, I)", target=StandardNormal)
 PRIORS.register("laplace", lambda latent_dim, data_shape=None, **o: Laplace(latent_dim, **o),

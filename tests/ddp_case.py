@@ -34,7 +34,7 @@ class FixedNoiseVAE(VAE):
 
     def guide(self, x=None, idx=None, num_data=None, n=None):
         pyro.module(self.name, self)
-        with self._plate(x, idx, num_data, n) as ind:
+        with self.data_plate(x, idx, num_data, n) as ind:
             loc, scale = self.encoder(x)
             z = loc + scale * self.eps[ind]
             log_q = dist.Normal(loc, scale).log_prob(z).sum(-1)
@@ -50,8 +50,8 @@ def make_case():
     torch.manual_seed(0)
     vae = FixedNoiseVAE((DIM,), latent_dim=2, prior={"name": "vamp", "n_components": 3},
                         net={"name": "mlp", "hidden": [8]}, n_noise=N)
-    kwargs = dict(epochs=EPOCHS, batch_size=BATCH, seed=SEED, kl_weight=KLSchedule("linear", 1.0, warmup=2),
-                  optimizer=sgd(), progress=False)
+    kwargs = dict(epochs=EPOCHS, batch_size=BATCH, seed=SEED, kl_schedule=KLSchedule("linear", 1.0, warmup=2),
+                  optim=sgd(), progress=False)
     return vae, x[:N], x[N:], kwargs
 
 

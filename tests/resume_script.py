@@ -5,31 +5,34 @@ import sys
 import torch
 from sklearn.datasets import load_digits
 
-from pyro_vae import VAE, fit
+from pyro_vae import VAE, fit, make_optimizer
 from pyro_vae.objectives import KLSchedule
+from pyro_vae.train import Callback, TrainState
 
 mode, ckpt, out = sys.argv[1:4]
 x = torch.tensor(load_digits().data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16
 torch.manual_seed(0)
 vae = VAE((1, 8, 8), latent_dim=3, prior="mog", net={"name": "mlp", "hidden": [32]})
 kwargs = dict(epochs=4, batch_size=128, val_data=x[1500:], early_stopping=5, progress=False, seed=11,
-              lr_schedule={"name": "exponential", "gamma": 0.8}, kl_weight=KLSchedule("linear", 1.0, warmup=3),
-              optimizer="clipped-adam", clip_norm=10.0, train_transform=torch.bernoulli)
+              optim=make_optimizer("clipped-adam", lr=1e-3, clip_norm=10.0,
+                                   schedule={"name": "exponential", "gamma": 0.8}, epochs=4),
+              kl_schedule=KLSchedule("linear", 1.0, warmup=3), train_transform=torch.bernoulli)
 
 
 class Interrupt(Exception):
     pass
 
 
-def save_and_stop_after_two(record, snapshot):
-    torch.save(snapshot(), ckpt)
-    if mode == "interrupt" and record["epoch"] == 2:
-        raise Interrupt
+class SaveAndStopAfterTwo(Callback):
+    def on_epoch_end(self, state, record):
+        torch.save(state.to_payload(), ckpt)
+        if mode == "interrupt" and record["epoch"] == 2:
+            raise Interrupt
 
 
 try:
-    resume = torch.load(ckpt, weights_only=False) if mode == "resume" else None
-    result = fit(vae, x[:1500], resume=resume, on_epoch_end=save_and_stop_after_two, **kwargs)
+    resume = TrainState.from_payload(torch.load(ckpt, weights_only=False)) if mode == "resume" else None
+    result = fit(vae, x[:1500], resume=resume, callbacks=[SaveAndStopAfterTwo()], **kwargs)
 except Interrupt:
     sys.exit(0)
 torch.save({"params": [p.detach().clone() for p in vae.parameters()], "step_losses": result.step_losses,

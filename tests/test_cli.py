@@ -202,7 +202,8 @@ def bad_config(tmp_path):
     (["train", "--objective", "iwea"], 2, "objective.name: unknown objective 'iwea'"),
     (["train", "--resume", "runs/x"], 1, "run directory 'runs/x' not found"),
     (["train", "--resume", "runs/x", "--lr", "0.1"], 2, "it takes only --epochs, not --lr"),
-    (["train", "--kl-schedule", "warmup"], 2, "objective.kl_schedule: KL schedule kind must be constant, linear or"),
+    (["train", "--kl-schedule", "warmup"], 2, "objective.kl_schedule: unknown kl schedule 'warmup'; valid kl schedule "
+                                              "names are 'constant', 'linear', 'cyclical'"),
     (["train", "--set", "optim.lr_schedule={name=\"step\", gama=0.1}"], 2,
      "optim.lr_schedule: unknown option 'gama' for lr schedule 'step'"),
     (["train", "--early-stopping", "0"], 2, "train.early_stopping: patience must be >= 1"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
+from pyro_vae import build
 from pyro_vae.config import Config, ConfigError, ModelConfig, apply_overrides, load_config, tomllib
 from pyro_vae.objectives import LocalRenyiELBO
 from pyro_vae.priors import MixtureOfGaussians
@@ -22,7 +23,7 @@ def _rich_config() -> Config:
                   "likelihood": {"name": "normal", "scale": 0.25}, "net": "linear"},
         "objective": {"name": "renyi", "num_particles": 3, "alpha": 0.25},
         "optim": {"name": "clipped-adam", "lr": 1e-5, "clip_norm": 2},
-        "train": {"epochs": 0, "seed": 11, "device": "cuda:1", "val_every": 2, "checkpoint_every": 0},
+        "train": {"epochs": 1, "seed": 11, "device": "cuda:1", "val_every": 2, "checkpoint_every": 0},
         "output": {"run_dir": "runs/x"},
     })
 
@@ -95,23 +96,29 @@ def test_bad_configs_name_the_key(raw, pattern):
 def test_bad_option_values_name_the_component():
     model = ModelConfig(prior={"name": "mog", "n_components": 0})
     with pytest.raises(ConfigError, match=r"model\.prior: mog prior: n_components must be >= 1"):
-        model.build((1, 8, 8))
+        build.model(model, (1, 8, 8))
     with pytest.raises(ConfigError, match=r"model\.net: .*activation"):
-        ModelConfig(net={"name": "mlp", "activation": "sigmoidal"}).build((4,))
+        build.model(ModelConfig(net={"name": "mlp", "activation": "sigmoidal"}), (4,))
 
 
 def test_build_gives_objects():
     config = apply_overrides(Config(), {"model.prior": {"name": "mog", "n_components": 3}})
-    vae = config.model.build((1, 8, 8))
-    assert isinstance(vae.prior, MixtureOfGaussians) and vae.latent_dim == 8
-    assert isinstance(Config().objective.build(), Trace_ELBO)
-    assert isinstance(apply_overrides(Config(), {"objective.name": "meanfield"}).objective.build(),
+    vae, model_config = build.model(config.model, (1, 8, 8))
+    assert isinstance(vae.prior, MixtureOfGaussians) and vae.latent_dim == 8 and model_config == config.model
+    assert isinstance(build.objective(Config().objective, vae), Trace_ELBO)
+    assert isinstance(build.objective(apply_overrides(Config(), {"objective.name": "meanfield"}).objective, vae),
                       TraceMeanField_ELBO)
     renyi = Config.from_dict({"objective": {"name": "renyi", "alpha": 0.25, "num_particles": 4}}).objective
     assert renyi.options == {"alpha": 0.25} and renyi.spec() == {"name": "renyi", "alpha": 0.25}
-    loss = renyi.build()
+    loss = build.objective(renyi, vae)
     assert isinstance(loss, LocalRenyiELBO) and loss.alpha == 0.25 and loss.num_particles == 4
-    assert Config().optim.build(epochs=10).pt_optim_constructor is torch.optim.Adam
+    # the model's plates, sparing Pyro a tracing pass (one more for the vectorised particles)
+    assert loss.max_plate_nesting == vae.max_plate_nesting + 1
+    assert build.objective(Config().objective, vae).max_plate_nesting == vae.max_plate_nesting
+    assert build.optimizer(Config().optim, epochs=10).pt_optim_constructor is torch.optim.Adam
+    schedule = build.kl_schedule(apply_overrides(Config(), {"objective.kl_schedule": "linear",
+                                                           "objective.kl_warmup": 4}).objective, epochs=10)
+    assert schedule.kind == "linear" and schedule(2) == pytest.approx(0.5)
 
 
 def test_objective_options_are_written_as_keys_of_the_section():
@@ -139,11 +146,10 @@ def test_load_config_file_errors(tmp_path):
 def test_example_configs_validate_and_build(path, tmp_path):
     config = load_config(path)
     assert load_config(config.save(tmp_path / path.name)) == config
-    vae = config.model.build(SHAPES.get(config.data.source, (20,)))
+    vae, _ = build.model(config.model, SHAPES.get(config.data.source, (20,)))
     assert vae.latent_dim == config.model.latent_dim
     assert type(vae).__name__ == {"vae": "VAE", "stacked": "StackedVAE", "m2": "SSVAE"}[config.model.type]
-    config.optim.build(config.train.epochs)
-    config.objective.build()
+    build.training(config, vae)
 
 
 def test_all_four_examples_exist():

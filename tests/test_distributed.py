@@ -48,9 +48,9 @@ def one_process():
     vae, train, val, kwargs = ddp_case.make_case()
     sync_param_store(vae)
     scaler = LatentScale(vae.latent_sites)
-    stepper = Stepper(scaler(vae.model), scaler(vae.guide), kwargs["optimizer"], model_objective(vae, "elbo"))
+    stepper = Stepper(scaler(vae.model), scaler(vae.guide), kwargs["optim"], model_objective(vae, "elbo"))
     sampler = ShardSampler(len(train), ddp_case.BATCH, seed=ddp_case.SEED, rank_=0, world=2)
-    schedule, step, losses, val_elbos = kwargs["kl_weight"], 0, [], []
+    schedule, step, losses, val_elbos = kwargs["kl_schedule"], 0, [], []
     for epoch in range(1, ddp_case.EPOCHS + 1):
         vae.train()
         for idx in sampler.global_batches(epoch):

@@ -16,9 +16,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from torch import nn
 
-from pyro_vae import VAE, elbo
+from pyro_vae import VAE, Model, elbo
 from pyro_vae.evaluate import (
     ELBODecomposition,
     IWAEResult,
@@ -122,17 +121,22 @@ def test_iwae_is_exact_for_a_hierarchical_model_with_exact_guide():
     dec = elbo_decomposition(model, x, num_samples=4, iwae_samples=4, seed=0)
     assert dec.unit_variance.shape == (4,)  # z1 and z2, two units each
     assert dec.iwae_gap == pytest.approx(0.0, abs=1e-5)  # exact guide: ELBO = log p(x) too
+    with pytest.raises(ValueError, match="does not match"):  # the base class's check_data, before any trace
+        iwae_log_likelihood(model, x[:, :3], num_samples=2)
 
 
-class TwoLevelGaussian(nn.Module):
+class TwoLevelGaussian(Model):
     """``z2 ~ N(0, I)``, ``z1 ~ N(b z2, t^2 I)``, ``x ~ N(W z1 + mu, s^2 I)`` with its exact posterior as guide.
 
     Diagonal ``b`` and orthogonal columns of ``W`` keep the posterior factors
-    ``p(z1 | x)`` and ``p(z2 | z1)`` diagonal.
+    ``p(z1 | x)`` and ``p(z2 | z1)`` diagonal. A model of one's own in plain Pyro: a
+    :class:`~pyro_vae.Model` with buffers only, whose ``check_data`` and ``device`` are the base class's.
     """
 
+    latent_sites = ("z1", "z2")
+
     def __init__(self, dx: int = 4, dz: int = 2, s: float = 0.3, t: float = 0.5):
-        super().__init__()
+        super().__init__((dx,), name="two_level")
         g = torch.Generator().manual_seed(0)
         q, _ = torch.linalg.qr(torch.randn(dx, dz, generator=g, dtype=F64))
         self.register_buffer("w", q * torch.tensor([1.5, 0.8], dtype=F64))
@@ -142,12 +146,6 @@ class TwoLevelGaussian(nn.Module):
         prior_var1 = self.b ** 2 + t ** 2
         self.register_buffer("var1", 1 / (1 / prior_var1 + (self.w ** 2).sum(0) / s ** 2))
         self.register_buffer("var2", 1 / (1 + self.b ** 2 / t ** 2))
-
-    def check_data(self, x, support=True):
-        assert x.shape[1:] == (self.dx,)
-
-    def _device(self):
-        return self.w.device
 
     def data(self, n):
         g = torch.Generator().manual_seed(1)
@@ -162,28 +160,32 @@ class TwoLevelGaussian(nn.Module):
             z1 = pyro.sample("z1", dist.Normal(self.b * z2, self.t).to_event(1))
             pyro.sample("x", dist.Normal(z1 @ self.w.T + self.mu, self.s).to_event(1), obs=x)
 
+    def posterior_loc(self, x):
+        """``E[z1 | x]``, exact: the guide's (the exact posterior's) location of ``z1``."""
+        return self.var1 * ((x - self.mu) @ self.w) / self.s ** 2
+
     def guide(self, x, idx=None, num_data=None):
         with pyro.plate("data", x.shape[0]):
-            loc1 = self.var1 * ((x - self.mu) @ self.w) / self.s ** 2
+            loc1 = self.posterior_loc(x)
             z1 = pyro.sample("z1", dist.Normal(loc1, self.var1.sqrt()).to_event(1))
             pyro.sample("z2", dist.Normal(self.var2 * self.b * z1 / self.t ** 2, self.var2.sqrt()).to_event(1))
 
+    def posterior_mean(self, x, labels=None):
+        """``E[z1 | x]``, the layer ``x`` is generated from (as ``StackedVAE.posterior_mean``)."""
+        return self.posterior_loc(x.to(self.device))
 
-class GaussianMixture(nn.Module):
+
+class GaussianMixture(Model):
     """``y ~ Cat(pi)``, ``x ~ N(mu_y, s^2 I)``, with the exact posterior ``p(y | x)`` as guide: a discrete latent."""
 
+    latent_sites = ("y",)
+
     def __init__(self, k: int = 4, dx: int = 3, s: float = 0.8):
-        super().__init__()
+        super().__init__((dx,), name="mixture")
         g = torch.Generator().manual_seed(2)
         self.register_buffer("pi", torch.softmax(torch.randn(k, generator=g, dtype=F64), 0))
         self.register_buffer("mu", 2 * torch.randn(k, dx, generator=g, dtype=F64))
         self.s, self.dx = s, dx
-
-    def check_data(self, x, support=True):
-        assert x.shape[1:] == (self.dx,)
-
-    def _device(self):
-        return self.mu.device
 
     def joint(self, x):  # log p(x, y) for every y: [N, k]
         return self.pi.log() + dist.Normal(self.mu, self.s).to_event(1).log_prob(x[:, None])
@@ -196,6 +198,10 @@ class GaussianMixture(nn.Module):
     def guide(self, x, idx=None, num_data=None):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("y", dist.Categorical(logits=self.joint(x)))
+
+    def posterior_mean(self, x, labels=None):
+        """``E[onehot(y) | x] = p(y | x)``, ``[N, k]``: exact, as the guide is the posterior."""
+        return self.joint(x.to(self.device)).softmax(-1)
 
 
 def test_iwae_is_exact_for_a_discrete_latent_with_exact_guide():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae import fit
-from pyro_vae.hierarchical import GroupedVAE
+from pyro_vae import fit, make_optimizer
+from pyro_vae.models import GroupedVAE
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
@@ -75,7 +75,7 @@ def between_groups(z, groups):
 def test_inferred_offsets_track_true_group_offsets(batch_effect_counts):
     x, groups, offsets = batch_effect_counts
     vae = GroupedVAE(D, G, latent_dim=LATENT, likelihood="negative-binomial", net={"name": "mlp", "hidden": [64]})
-    result = fit(vae, (x, groups), epochs=40, batch_size=256, lr=1e-2, progress=False)
+    result = fit(vae, (x, groups), epochs=40, batch_size=256, optim=make_optimizer("adam", lr=1e-2), progress=False)
     assert math.isfinite(result.final_elbo)
     assert (r_squared(vae.offsets(), offsets) > 0.85).all()
     # a shuffled assignment of offsets to groups is not explained: the check can fail

@@ -18,8 +18,9 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
-from pyro_vae import fit
-from pyro_vae.hierarchical import SSVAE, labels_only_classifier, one_hot
+from pyro_vae import fit, make_optimizer
+from pyro_vae.models import SSVAE, labels_only_classifier, one_hot
+from pyro_vae.objectives import model_objective
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
@@ -143,7 +144,7 @@ def test_fit_with_labelled_and_unlabelled_points_and_api():
     y = torch.full((40,), -1)
     y[:10] = torch.arange(10)
     m2 = small_m2(alpha=1.0)
-    result = fit(m2, (x, y), epochs=2, batch_size=16, objective="enum", progress=False)
+    result = fit(m2, (x, y), epochs=2, batch_size=16, objective=model_objective(m2, "enum"), progress=False)
     assert math.isfinite(result.final_elbo)
     assert m2.predict_proba(x).shape == (40, K) and m2.classify(x).shape == (40,)
     assert 0.0 <= m2.accuracy(x, torch.zeros(40, dtype=torch.long)) <= 1.0
@@ -189,7 +190,8 @@ ALPHA = 100.0  # per labelled digit
 def fit_m2(x, semi, alpha, epochs, latent_dim=2):
     m2 = SSVAE((1, 8, 8), latent_dim=latent_dim, classifier_hidden=(128,), net={"name": "mlp", "hidden": [128]},
                alpha=alpha)
-    fit(m2, (x, semi), epochs=epochs, batch_size=128, lr=3e-3, objective="enum", progress=False)
+    fit(m2, (x, semi), epochs=epochs, batch_size=128, optim=make_optimizer("adam", lr=3e-3),
+        objective=model_objective(m2, "enum"), progress=False)
     return m2
 
 

@@ -1,4 +1,4 @@
-"""The MODELS table, the duck-typed interface fit/elbo rely on, and the examples run as a user would."""
+"""The MODELS table, the Model interface fit/elbo rely on, and the examples run as a user would."""
 
 import math
 import subprocess
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import REPO, SHARED_DATA
-from pyro_vae import VAE, elbo, fit
-from pyro_vae.hierarchical import MODELS, make_model
+from pyro_vae import VAE, Model, elbo, fit
+from pyro_vae.hierarchical import MODELS, make_model  # the former home's re-exports stay importable
+from pyro_vae.objectives import model_objective
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
@@ -30,11 +31,12 @@ def inputs_for(model, n=24):
 def test_every_model_builds_fits_and_evaluates(name):
     model = MODELS.build({"name": name, **OPTIONS[name]}, data_shape=(1, 8, 8), latent_dim=4, prior="normal",
                          likelihood="bernoulli", net={"name": "mlp", "hidden": [16]})
-    for attr in ("model", "guide", "check_data", "_device", "name", "latent_sites"):
+    assert isinstance(model, Model)
+    for attr in ("model", "guide", "check_data", "device", "name", "latent_sites"):
         assert hasattr(model, attr), attr
     assert not isinstance(model, VAE) or name == "vae"  # composition, not a VAE subclass per variant
     data = inputs_for(model)
-    objective = "enum" if name == "m2" else "elbo"
+    objective = model_objective(model, "enum" if name == "m2" else "elbo")
     result = fit(model, data, epochs=2, batch_size=8, objective=objective, progress=False)
     assert math.isfinite(result.final_elbo)
     loss = None
@@ -69,6 +71,19 @@ def test_each_parameter_is_registered_once_by_its_program(name, prior):
     for part in model.guide_parts:  # each guide part exists and every parameter under it is the guide's
         owned = {f"{model.name}$$${k}" for k, _ in model.named_parameters() if k.partition(".")[0] == part}
         assert owned and owned <= sites["guide"], part
+
+
+def test_the_former_homes_reexport_the_same_objects():
+    import pyro_vae.hierarchical as old
+    import pyro_vae.hierarchical.registry as old_registry
+    from pyro_vae import models
+    from pyro_vae.models import registry
+
+    assert old.__all__ and old_registry.__all__
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(models, name), name
+    for name in old_registry.__all__:
+        assert getattr(old_registry, name) is getattr(registry, name), name
 
 
 def test_builder_defaults_and_errors():

@@ -20,7 +20,7 @@ from pyro import poutine
 
 from pyro_vae import fit
 from pyro_vae.evaluate import iwae_log_likelihood
-from pyro_vae.hierarchical import ConditionalNormal, StackedVAE, precision_merge
+from pyro_vae.models import ConditionalNormal, StackedVAE, precision_merge
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest
@@ -64,7 +64,7 @@ def fit_linear(x, inference, epochs, lrd):
     vae = StackedVAE(D, [D1, D2], likelihood={"name": "normal", "scale": "shared"}, net="linear",
                      inference=inference)
     # Full batch with a decaying learning rate (ClippedAdam's per-step lrd) converges tightly.
-    fit(vae, x, epochs=epochs, batch_size=None, optimizer=pyro.optim.ClippedAdam({"lr": 0.05, "lrd": lrd}),
+    fit(vae, x, epochs=epochs, batch_size=None, optim=pyro.optim.ClippedAdam({"lr": 0.05, "lrd": lrd}),
         progress=False)
     return vae
 

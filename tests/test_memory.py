@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from pyro_vae import VAE, fit
+from pyro_vae.objectives import model_objective
+from pyro_vae.train import Callback
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -33,11 +35,12 @@ def test_training_steps_do_not_grow_memory(objective):
     vae = VAE((784,), latent_dim=10, net={"name": "mlp", "hidden": [64]})
     seen = {}
 
-    def record(rec, snapshot):
-        seen[rec["epoch"]] = rss_mib()
+    class Record(Callback):
+        def on_epoch_end(self, state, rec):
+            seen[rec["epoch"]] = rss_mib()
 
-    fit(vae, x, epochs=12, batch_size=128, objective=objective, num_particles=3 if objective == "iwae" else 1,
-        progress=False, on_epoch_end=record)  # 32 steps an epoch: 384 steps
+    fit(vae, x, epochs=12, batch_size=128, objective=model_objective(vae, objective, 3 if objective == "iwae" else 1),
+        progress=False, callbacks=[Record()])  # 32 steps an epoch: 384 steps
     growth = seen[12] - seen[3]
     assert growth < 8.0, f"{objective}: resident memory grew {growth:.1f} MiB over 288 steps ({seen})"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae import VAE, elbo, fit
+from pyro_vae import VAE, elbo, fit, make_optimizer
 from pyro.nn import DenseNN
 
 from pyro_vae.nets import MLP, ConvDecoder, ConvEncoder, make_activation
@@ -121,14 +121,14 @@ def test_user_networks():
     vae = VAE((6,), latent_dim=2, likelihood="normal", encoder=Enc(), decoder=Dec())
     x = torch.randn(30, 6)
     before = elbo(vae, x, num_particles=10)
-    fit(vae, x, epochs=30, batch_size=None, lr=0.05, progress=False)
+    fit(vae, x, epochs=30, batch_size=None, optim=make_optimizer("adam", lr=0.05), progress=False)
     assert elbo(vae, x, num_particles=10) > before + 1.0
 
 
 BAD_INPUTS = [
     (torch.full((4, 1, 8, 8), float("nan")), ValueError, r"256 NaN and 0 infinite values in 4 rows \(first at row 0\)"),
     (torch.rand(4, 64), ValueError, r"shape \[4, 64\].*expected \[N, 1, 8, 8\].*x\.reshape\(-1, 1, 8, 8\)"),
-    (torch.rand(4, 1, 9, 9), ValueError, r"Build the VAE with data_shape=\(1, 9, 9\)"),
+    (torch.rand(4, 1, 9, 9), ValueError, r"Build the model with data_shape=\(1, 9, 9\)"),
     (torch.rand(0, 1, 8, 8), ValueError, "data is empty"),
     ([[0.0] * 64], TypeError, r"must be a torch\.Tensor.*torch\.as_tensor"),
     (torch.rand(4, 1, 8, 8) * 2, ValueError, r"outside the support of the 'bernoulli' likelihood"),

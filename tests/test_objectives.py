@@ -11,7 +11,7 @@ from pyro.infer import JitTrace_ELBO, JitTraceGraph_ELBO, RenyiELBO, Trace_ELBO
 import pyro_vae.distributions
 from pyro_vae import VAE, fit
 from pyro_vae.objectives import (OBJECTIVES, FreeBitsELBO, KLSchedule, LatentScale, LocalRenyiELBO, SummedTrace_ELBO,
-                                 make_objective)
+                                 make_objective, model_objective)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_training_applies_the_scheduled_weight_at_every_step(digits):
 
     x = digits[0][:300]
     schedule = KLSchedule("linear", 0.8, warmup=2)
-    result = fit(VAE((1, 8, 8), latent_dim=2), x, epochs=3, batch_size=100, objective=Spy(), kl_weight=schedule,
+    result = fit(VAE((1, 8, 8), latent_dim=2), x, epochs=3, batch_size=100, objective=Spy(), kl_schedule=schedule,
                  progress=False)
     assert len(seen) == 9
     for step, (gz, mz, mx, b, n) in enumerate(seen):
@@ -166,7 +166,7 @@ def test_every_objective_trains(digits, name):
     vae = VAE((1, 8, 8), latent_dim=4, net={"name": "mlp", "hidden": [64]})
     from pyro_vae import elbo
     before = elbo(vae, x[1500:])
-    fit(vae, x[:1500], epochs=4, objective=name, num_particles=3 if name in ("iwae", "renyi") else 1,
+    fit(vae, x[:1500], epochs=4, objective=model_objective(vae, name, 3 if name in ("iwae", "renyi") else 1),
         progress=False)
     assert elbo(vae, x[1500:]) > before + 10
 
@@ -217,7 +217,7 @@ def test_fit_with_jit_compiles_once_per_minibatch_size(digits):
     assert len(result.step_losses) == 12 and all(math.isfinite(v) for v in result.step_losses)
     for compiled in (loss, JitTrace_ELBO(), JitTraceGraph_ELBO()):  # ours and Pyro's own, by class
         with pytest.raises(ValueError, match="freezes the KL weight.*linear KL schedule"):
-            fit(vae, digits[0][:200], epochs=1, objective=compiled, kl_weight=KLSchedule("linear", warmup=2),
+            fit(vae, digits[0][:200], epochs=1, objective=compiled, kl_schedule=KLSchedule("linear", warmup=2),
                 progress=False)
 
 

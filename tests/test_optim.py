@@ -8,9 +8,8 @@ import torch
 
 from pyro_vae import VAE
 from pyro_vae.objectives import SummedTrace_ELBO
-from pyro_vae.optim import MultiTensorOptim
+from pyro_vae.optim import MultiTensorOptim, make_optimizer
 from pyro_vae.step import Stepper
-from pyro_vae.train import make_optimizer
 
 
 def _trajectory(optim, steps=25):

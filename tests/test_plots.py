@@ -32,13 +32,13 @@ def decoded(path):
 def figures(monkeypatch):
     """Record every matplotlib Figure the module saves, to inspect its contents."""
     seen = []
-    original = plots._save
+    original = plots.save_figure
 
     def spy(fig, path):
         seen.append(fig)
         return original(fig, path)
 
-    monkeypatch.setattr(plots, "_save", spy)
+    monkeypatch.setattr(plots, "save_figure", spy)
     return seen
 
 

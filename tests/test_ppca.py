@@ -55,7 +55,7 @@ def test_linear_vae_recovers_ppca_maximum_likelihood(ppca_data):
     vae = VAE(D, latent_dim=d, prior="normal", likelihood={"name": "normal", "scale": "shared"}, net="linear")
     # Full batch and a decaying learning rate (ClippedAdam's per-step lrd) to converge tightly.
     optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.997})
-    fit(vae, x, epochs=1000, batch_size=None, optimizer=optim, progress=False)
+    fit(vae, x, epochs=1000, batch_size=None, optim=optim, progress=False)
 
     w = vae.decoder.linear.weight.detach().double()
     mu = vae.decoder.linear.bias.detach().double()

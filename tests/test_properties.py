@@ -47,7 +47,7 @@ sections = st.fixed_dictionaries({}, optional={
         "num_particles": st.integers(1, 50), "kl_weight": st.floats(0.0, 5.0),
         "kl_schedule": names(["constant", "linear", "cyclical"])}),
     "optim": st.fixed_dictionaries({}, optional={"lr": st.floats(1e-6, 1.0), "name": names(["adam", "adamw"])}),
-    "train": st.fixed_dictionaries({}, optional={"epochs": st.integers(0, 1000), "seed": st.integers(0, 2 ** 31),
+    "train": st.fixed_dictionaries({}, optional={"epochs": st.integers(1, 1000), "seed": st.integers(0, 2 ** 31),
                                                  "device": names(["cpu", "cuda", "cuda:1"])}),
 })
 

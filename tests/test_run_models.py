@@ -16,8 +16,8 @@ from pyro_vae.checkpoint import load_run
 from pyro_vae.cli import main
 from pyro_vae.config import Config, ConfigError, apply_overrides, load_config
 from pyro_vae.evaluate import elbo
-from pyro_vae.hierarchical import CVAE, SSVAE, GroupedVAE, StackedVAE
-from pyro_vae.hierarchical.registry import balanced_labels, model_data
+from pyro_vae.models import CVAE, SSVAE, GroupedVAE, StackedVAE
+from pyro_vae.models.registry import balanced_labels, model_data
 from pyro_vae.run import evaluate_run, train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small networks: one thread is fastest
@@ -71,6 +71,7 @@ def test_m2_from_config_labels_accuracy_and_reload(tmp_path):
     torch.manual_seed(1)
     expected = elbo(rebuilt, (splits.test, torch.full_like(splits.test_labels, -1)))
     got = evaluate_run(result.run_dir, seed=1)
+    assert got["log_jacobian"] == 0.0  # a Bernoulli mass: the report adds no change-of-units term
     assert got["elbo"] == pytest.approx(expected, rel=0.05)  # same bound, independent Monte Carlo draws
     assert got["n"] == len(splits.test)
     # `pyro-vae sample`: a row per class (10 classes x 2), means of p(x | z, y), or draws of x with --draw
@@ -85,8 +86,9 @@ def test_cvae_and_grouped_take_their_label_counts_from_the_data(tmp_path, capsys
     cvae = train_run(_config(tmp_path / "c", {"type": "cvae"}), progress=False)
     assert isinstance(cvae.vae, CVAE) and cvae.vae.n_classes == 10
     _same_elbo(cvae, (cvae.splits.test, cvae.splits.test_labels))
+    np.save(tmp_path / "x.npy", cvae.splits.test.numpy())  # data alone, no labels
     assert main(["encode", str(cvae.run_dir), str(tmp_path / "x.npy")]) == 2  # encode(x) alone cannot encode a CVAE
-    assert "also needs each point's context" in capsys.readouterr().err
+    assert "needs each point's context" in capsys.readouterr().err
     grouped = train_run(_config(tmp_path / "g", {"type": "grouped"}, **{"model.likelihood": "bernoulli"}),
                         progress=False)
     assert isinstance(grouped.vae, GroupedVAE) and grouped.vae.num_groups == 10

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from pyro_vae import VAE, elbo, fit
+from pyro_vae import VAE, elbo, fit, make_optimizer
+from pyro_vae.train import Callback
 
 # (likelihood spec, transform of the [0, 1] digits into the likelihood's support, asserted gain in nats/point)
 CASES = {
@@ -25,7 +26,8 @@ def test_training_improves_heldout_elbo(digits, name):
     train, test = x[:1500], x[1500:]
     vae = VAE((1, 8, 8), latent_dim=8, likelihood=spec, net={"name": "mlp", "hidden": [128]})
     before = elbo(vae, test, num_particles=4)
-    result = fit(vae, train, epochs=15, batch_size=64, lr=3e-3, progress=False, val_data=test, val_every=5)
+    result = fit(vae, train, epochs=15, batch_size=64, optim=make_optimizer("adam", lr=3e-3), progress=False,
+                 val_data=test, val_every=5)
     after = elbo(vae, test, num_particles=4)
     assert after > before + margin, (before, after)
     assert [r["epoch"] for r in result.history] == list(range(1, 16))
@@ -81,12 +83,14 @@ def test_early_stopping_on_a_scripted_validation_curve(digits, monkeypatch):
     monkeypatch.setattr(train_module, "evaluate_elbo", lambda vae, data: next(curve))
     weights = {}
 
-    def keep(record, snapshot):
-        weights[record["epoch"]] = snapshot()["model"]
+    class Keep(Callback):
+        def on_epoch_end(self, state, record):
+            weights[record["epoch"]] = state.model
 
     x = digits[0][:200]
     vae = VAE((1, 8, 8), latent_dim=2, net={"name": "mlp", "hidden": [16]})
-    result = fit(vae, x, epochs=8, val_data=x[:10], early_stopping=3, on_epoch_end=keep, progress=False)
+    result = fit(vae, x, epochs=8, val_data=x[:10], early_stopping=3, callbacks=[Keep()],
+                 progress=False)
     # best at epoch 3 (-30); epochs 4, 5, 6 fail to improve -> stop after epoch 6
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4, 5, 6]
     assert result.stopped_early and result.best_epoch == 3
@@ -98,18 +102,20 @@ def test_early_stopping_on_a_scripted_validation_curve(digits, monkeypatch):
 
 def test_learning_rate_schedule_and_bad_training_options(digits):
     x = digits[0][:256]
-    result = fit(VAE((1, 8, 8), latent_dim=2), x, epochs=3, lr=0.01, progress=False,
-                 lr_schedule={"name": "step", "step_size": 2, "gamma": 0.1})
+    result = fit(VAE((1, 8, 8), latent_dim=2), x, epochs=3, progress=False,
+                 optim=make_optimizer("adam", lr=0.01, schedule={"name": "step", "step_size": 2, "gamma": 0.1},
+                                      epochs=3))
     assert [r["lr"] for r in result.history] == pytest.approx([0.01, 0.01, 0.001])  # lr used in each epoch
     vae = VAE((1, 8, 8), latent_dim=2)
     with pytest.raises(ValueError, match=r"unknown option 'gama' for lr schedule 'step'.*Did you mean 'gamma'"):
-        fit(vae, x, epochs=1, lr_schedule={"name": "step", "step_size": 2, "gama": 0.1}, progress=False)
+        fit(vae, x, epochs=1, optim=make_optimizer("adam", schedule={"name": "step", "step_size": 2, "gama": 0.1},
+                                                   epochs=1), progress=False)
     with pytest.raises(ValueError, match=r"unknown optimizer 'adamm'.*Did you mean 'adam'"):
-        fit(vae, x, epochs=1, optimizer="adamm", progress=False)
+        fit(vae, x, epochs=1, optim=make_optimizer("adamm"), progress=False)
     with pytest.raises(ValueError, match="early stopping watches the validation ELBO: pass val_data"):
         fit(vae, x, epochs=1, early_stopping=3, progress=False)
     with pytest.raises(ValueError, match="learning rate must be > 0"):
-        fit(vae, x, epochs=1, lr=-1.0, progress=False)
+        fit(vae, x, epochs=1, optim=make_optimizer("adam", lr=-1.0), progress=False)
 
 
 class _Poison:

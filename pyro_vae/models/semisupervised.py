@@ -40,12 +40,13 @@ from pyro.infer import Predictive
 from ..distributions import IndependentNormal
 from ..nets import MLP, layer_sizes
 from ..priors import VampPrior, make_prior
-from .parts import ContextDecoder, ContextEncoder, DataModel, one_hot
+from .base import Model, SampleGrid, Unsupported, write_json
+from .parts import ContextDecoder, ContextEncoder, one_hot
 
-__all__ = ["SSVAE", "labels_only_classifier"]
+__all__ = ["SSVAE", "labels_only_classifier", "balanced_labels"]
 
 
-class SSVAE(DataModel):
+class SSVAE(Model):
     """M2: ``p(x | y, z) p(y) p(z)`` with guide ``q(y | x) q(z | x, y)``, ``y`` enumerated exactly.
 
     Args:
@@ -74,12 +75,12 @@ class SSVAE(DataModel):
     latent_sites = ("y", "z")
     max_plate_nesting = 1  # y is enumerated at dim -2, left of the data plate
     objective = "enum"  # fitted and evaluated with TraceEnum_ELBO (objectives.objective_for): y is summed exactly
+    label_option = "n_classes"
 
     def __init__(self, data_shape, latent_dim: int = 50, n_classes: int = 10, prior="normal",
                  likelihood="bernoulli", net="mlp", classifier_hidden=(500,), activation: str = "softplus",
                  alpha: float = 46.0, encoder=None, decoder=None, name: str = "m2"):
-        super().__init__()
-        self._setup_data(data_shape, likelihood, name)
+        super().__init__(data_shape, likelihood, name)
         if int(n_classes) < 2:
             raise ValueError(f"n_classes must be >= 2, got {n_classes}")
         if alpha < 0:
@@ -117,10 +118,10 @@ class SSVAE(DataModel):
 
     def model(self, x=None, y=None, idx=None, num_data=None, n=None):
         """``y ~ Cat(1/K)``, ``z ~ p(z)``, ``x ~ p(x | decoder(z, y))``; ``alpha log q(y|x)`` on labelled points."""
-        self._register("model")
+        self.register_params("model")
         batch = x.shape[0] if x is not None else n
         labels, labelled = self._labels(y, batch)
-        with self._plate(x, idx, num_data, n):
+        with self.data_plate(x, idx, num_data, n):
             # The guide pins y for labelled points and enumerates it for the others (see the module docstring).
             y_site = pyro.sample("y", dist.Categorical(logits=self._flat_logits))
             z = pyro.sample("z", self.prior())
@@ -134,11 +135,11 @@ class SSVAE(DataModel):
 
     def guide(self, x=None, y=None, idx=None, num_data=None, n=None):
         """``y ~ q(y | x)`` (enumerated; a point mass for labelled points), ``z ~ q(z | x, y)``."""
-        self._register("guide")
+        self.register_params("guide")
         if x is None:
             raise ValueError("the guide needs data x")
         labels, labelled = self._labels(y, x.shape[0])
-        with self._plate(x, idx, num_data, n):
+        with self.data_plate(x, idx, num_data, n):
             logits = self._logits(x).log_softmax(-1)
             if labelled is not None:
                 pinned = torch.full_like(logits, -math.inf).scatter(-1, labels[:, None], 0.0)
@@ -152,7 +153,7 @@ class SSVAE(DataModel):
     def predict_proba(self, x):
         """``q(y | x)``, ``[B, n_classes]``."""
         self.check_data(x, support=False)
-        return self._logits(x.to(self._device())).softmax(-1)
+        return self._logits(x.to(self.device)).softmax(-1)
 
     @torch.no_grad()
     def classify(self, x):
@@ -162,7 +163,7 @@ class SSVAE(DataModel):
     @torch.no_grad()
     def accuracy(self, x, y, batch_size: int = 4096) -> float:
         """Fraction of ``x`` whose :meth:`classify` equals ``y``."""
-        hits = sum(int((self.classify(x[i:i + batch_size]) == y[i:i + batch_size].to(self._device())).sum())
+        hits = sum(int((self.classify(x[i:i + batch_size]) == y[i:i + batch_size].to(self.device)).sum())
                    for i in range(0, x.shape[0], batch_size))
         return hits / x.shape[0]
 
@@ -170,23 +171,85 @@ class SSVAE(DataModel):
     def encode(self, x, y=None):
         """``(loc, scale)`` of ``q(z | x, y)``; ``y`` defaults to :meth:`classify`."""
         self.check_data(x, support=False)
-        x = x.to(self._device())
-        y = self.classify(x) if y is None else y.to(self._device())
+        x = x.to(self.device)
+        y = self.classify(x) if y is None else y.to(self.device)
         return self.encoder(x, one_hot(y, self.n_classes, x.dtype))
 
     @torch.no_grad()
-    def decode(self, z, y, mean: bool = True):
-        """``E[x | z, y]`` (``mean=True``) or a draw; ``z: [*b, latent_dim]``, ``y: [*b]``."""
-        params = self.decoder(z.to(self._device()), one_hot(y.to(self._device()), self.n_classes, z.dtype))
-        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+    def posterior_mean(self, x, labels=None):
+        """``E_q[z | x] = sum_y q(y | x) E_q[z | x, y]``, the label summed out as in training."""
+        self.check_data(x, support=False)
+        x = x.to(self.device)
+        classes = torch.eye(self.n_classes, dtype=x.dtype, device=x.device)[:, None]  # [K, 1, K]
+        loc, _ = self.encoder(x, classes)  # [K, N, latent_dim]
+        return torch.einsum("nk,knd->nd", self.predict_proba(x), loc)
+
+    def decoder_context(self, *context):
+        if len(context) != 1:
+            raise Unsupported("M2 decodes z with a label y: decode(z, y)")
+        y = context[0].to(self.device)
+        return (one_hot(y, self.n_classes, self._flat_logits.dtype),)
+
+    @torch.no_grad()
+    def reconstruct(self, x, labels=None):
+        """``E[x | z, y]`` at the posterior mean of ``z`` given the most probable label ``y``."""
+        y = self.classify(x)
+        return self.decode(self.encode(x, y)[0], y)
 
     @torch.no_grad()
     def sample(self, n: int, y=None, mean: bool = True):
         """``n`` draws of ``z ~ p(z)`` decoded with labels ``y: [n]`` (default: drawn from ``p(y)``)."""
-        model = self.model if y is None else poutine.condition(self.model, data={"y": y.to(self._device())})
+        model = self.model if y is None else poutine.condition(self.model, data={"y": y.to(self.device)})
         draws = Predictive(model, num_samples=1, return_sites=("y", "z", "x"))(n=n)
         labels = draws["y"][0] if y is None else y
         return self.decode(draws["z"][0], labels) if mean else draws["x"][0]
+
+    @torch.no_grad()
+    def sample_grid(self, n: int = 64, mean: bool = True) -> SampleGrid:
+        """A row per class, ``min(10, n // n_classes)`` (at least 1) draws each."""
+        per = max(1, min(10, n // self.n_classes))
+        labels = torch.arange(self.n_classes).repeat_interleave(per)
+        return SampleGrid(self.sample(len(labels), y=labels, mean=mean), per)
+
+    # ----------------------------------------------------------------- the data of a split, artefacts
+    def split_inputs(self, x, labels=None, *, split="train", labelled=None, seed=0):
+        """``(x, y)``: on the training split ``labelled`` points keep their label (balanced over classes,
+        :func:`balanced_labels`) and the rest are ``-1``; on held-out splits every label is hidden, so
+        their ELBO is the bound on ``log p(x)``."""
+        if split != "train":
+            return x, torch.full((len(x),), -1, dtype=torch.long)
+        if labels is None:
+            raise Unsupported("M2 trains on labels: this data set has none; use a labelled data set")
+        if labelled is None:
+            raise ValueError("model type 'm2' needs data.labelled: how many training points keep their label "
+                             "(e.g. `labelled = 100`, balanced over classes); the rest are unlabelled")
+        return x, balanced_labels(labels, labelled, seed)
+
+    def artifacts(self, run_dir, splits, inputs):
+        """``accuracy.json``: the test accuracy of ``q(y | x)``, with the number of labels it was trained on."""
+        if splits.test_labels is None or not len(splits.test):
+            return {}
+        record = {"test_accuracy": self.accuracy(splits.test, splits.test_labels), "n": len(splits.test),
+                  "labelled": int((inputs["train"][1] >= 0).sum())}
+        return {"accuracy": write_json(run_dir / "accuracy.json", record)}
+
+
+def balanced_labels(labels: torch.Tensor, n_labelled: int, seed: int = 0) -> torch.Tensor:
+    """``labels`` with all but ``n_labelled`` points, as equal a number per class as possible, set to ``-1``.
+
+    The kept points are a seeded random choice within each class.
+    """
+    classes = labels.unique()
+    if n_labelled > len(labels):
+        raise ValueError(f"data.labelled = {n_labelled} but the training split has only {len(labels)} points")
+    g = torch.Generator().manual_seed(seed)
+    out = torch.full_like(labels, -1)
+    per_class, extra = divmod(int(n_labelled), len(classes))
+    for i, k in enumerate(classes):
+        idx = (labels == k).nonzero()[:, 0]
+        keep = idx[torch.randperm(len(idx), generator=g)[:per_class + (i < extra)]]
+        out[keep] = k
+    return out
 
 
 def labels_only_classifier(m2: SSVAE, x: torch.Tensor, y: torch.Tensor, steps: int = 500, lr: float = 1e-3,
@@ -208,8 +271,8 @@ def labels_only_classifier(m2: SSVAE, x: torch.Tensor, y: torch.Tensor, steps: i
     for module in net.modules():  # in construction order, so the draw equals a freshly built network's
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    flat = x[labelled].reshape(int(labelled.sum()), -1).to(m2._device())
-    target = y[labelled].long().to(m2._device())
+    flat = x[labelled].reshape(int(labelled.sum()), -1).to(m2.device)
+    target = y[labelled].long().to(m2.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     with torch.enable_grad():  # also when called under no_grad
         for _ in range(steps):

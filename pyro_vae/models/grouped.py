@@ -23,8 +23,6 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import pyro
 import torch
 import torch.nn.functional as F
@@ -32,18 +30,15 @@ from pyro.infer import Predictive
 from torch import nn
 
 from ..distributions import IndependentNormal
-from ..nets import make_decoder, make_encoder
+from ..nets import inv_softplus, make_decoder, make_encoder
 from ..priors import make_prior
-from .parts import DataModel, OffsetPrior
+from .base import Model
+from .parts import OffsetPrior
 
 __all__ = ["GroupedVAE"]
 
 
-def _inv_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
-
-
-class GroupedVAE(DataModel):
+class GroupedVAE(Model):
     """A VAE whose points belong to ``num_groups`` groups, each with a latent offset ``u_g``.
 
     Args:
@@ -64,12 +59,15 @@ class GroupedVAE(DataModel):
     inputs = ("x", "g")
     guide_parts = ("encoder", "group_loc", "group_raw_scale")  # the guide registers these, the model the rest
     latent_sites = ("u", "z")
+    label_option = "num_groups"
 
-    def __init__(self, data_shape, num_groups: int, latent_dim: int = 10, prior="normal",
+    def __init__(self, data_shape, num_groups: int | None = None, latent_dim: int = 10, prior="normal",
                  likelihood="negative-binomial", net="mlp", encoder=None, decoder=None,
                  group_scale="learned", init_group_scale: float = 1.0, name: str = "grouped"):
-        super().__init__()
-        self._setup_data(data_shape, likelihood, name)
+        super().__init__(data_shape, likelihood, name)
+        if num_groups is None:
+            raise ValueError("the grouped model needs num_groups (the number of groups G): train on data with group "
+                             "labels (a .npz or .pt file with a 'y' array sets it), or set model.num_groups")
         if int(num_groups) < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
         self.num_groups, self.latent_dim = int(num_groups), int(latent_dim)
@@ -79,13 +77,13 @@ class GroupedVAE(DataModel):
         self.prior = OffsetPrior(make_prior(prior, self.latent_dim, self.data_shape))
         self.prior.setup(self)
         if group_scale == "learned":
-            self.raw_group_scale = nn.Parameter(torch.tensor(_inv_softplus(float(init_group_scale))))
+            self.raw_group_scale = nn.Parameter(torch.tensor(inv_softplus(float(init_group_scale))))
         elif isinstance(group_scale, (int, float)) and group_scale > 0:
-            self.register_buffer("raw_group_scale", torch.tensor(_inv_softplus(float(group_scale))))
+            self.register_buffer("raw_group_scale", torch.tensor(inv_softplus(float(group_scale))))
         else:
             raise ValueError(f"group_scale must be 'learned' or a positive number, got {group_scale!r}")
         self.group_loc = nn.Parameter(torch.zeros(self.num_groups, self.latent_dim))
-        self.group_raw_scale = nn.Parameter(torch.full((self.num_groups, self.latent_dim), _inv_softplus(0.1)))
+        self.group_raw_scale = nn.Parameter(torch.full((self.num_groups, self.latent_dim), inv_softplus(0.1)))
 
     @property
     def group_scale(self) -> torch.Tensor:
@@ -95,7 +93,7 @@ class GroupedVAE(DataModel):
     def _groups(self, g, batch):
         if g is None:
             raise ValueError("the grouped model needs group labels g: [B] integers in 0..num_groups-1")
-        g = g.to(self._device())
+        g = g.to(self.device)
         if g.shape != (batch,) or g.is_floating_point() or bool(((g < 0) | (g >= self.num_groups)).any()):
             raise ValueError(f"group labels must be a [{batch}] integer tensor with values in "
                              f"0..{self.num_groups - 1}")
@@ -104,24 +102,24 @@ class GroupedVAE(DataModel):
     # ----------------------------------------------------------------- Pyro programs
     def model(self, x=None, g=None, idx=None, num_data=None, n=None):
         """``u_g ~ N(0, tau^2)`` per group, ``z_n ~ p(z - u_{g_n})``, ``x_n ~ p(x | decoder(z_n))``."""
-        self._register("model")
+        self.register_params("model")
         g = self._groups(g, x.shape[0] if x is not None else n)
         with pyro.plate("groups", self.num_groups):
             tau = self.group_scale.expand(self.latent_dim)
             u = pyro.sample("u", IndependentNormal(torch.zeros_like(tau), tau))
-        with self._plate(x, idx, num_data, n):
+        with self.data_plate(x, idx, num_data, n):
             z = pyro.sample("z", self.prior(context=u[..., g, :]))
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x=None, g=None, idx=None, num_data=None, n=None):
         """``u_g ~ N(m_g, s_g^2)``, ``z_n ~ q(z | x_n)``."""
-        self._register("guide")
+        self.register_params("guide")
         if x is None:
             raise ValueError("the guide needs data x")
         self._groups(g, x.shape[0])
         with pyro.plate("groups", self.num_groups):
             pyro.sample("u", IndependentNormal(self.group_loc, F.softplus(self.group_raw_scale)))
-        with self._plate(x, idx, num_data, n):
+        with self.data_plate(x, idx, num_data, n):
             return pyro.sample("z", IndependentNormal(*self.encoder(x)))
 
     # ----------------------------------------------------------------- fitted-model API
@@ -133,18 +131,16 @@ class GroupedVAE(DataModel):
     def encode(self, x):
         """``(loc, scale)`` of ``q(z | x)``, each ``[B, latent_dim]``."""
         self.check_data(x, support=False)
-        return self.encoder(x.to(self._device()))
+        return self.encoder(x.to(self.device))
 
     @torch.no_grad()
     def corrected(self, x, g):
         """``E[z | x] - E[u_g]``: the latent representation with the group offset removed."""
         return self.encode(x)[0] - self.offsets()[self._groups(g, x.shape[0])]
 
-    @torch.no_grad()
-    def decode(self, z, mean: bool = True):
-        """``E[x | z]`` (``mean=True``) or a draw; ``z: [*b, latent_dim] -> [*b, *data_shape]``."""
-        params = self.decoder(z.to(self._device()))
-        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+    def posterior_mean(self, x, labels=None):
+        """``E_q[z | x]`` (the group offset included; :meth:`corrected` removes it)."""
+        return self.encode(x)[0]
 
     @torch.no_grad()
     def sample(self, n: int, g=None, mean: bool = True):

@@ -28,21 +28,19 @@ import torch
 from pyro.infer import Predictive
 from torch import nn
 
+from .._registry import spec_name
 from ..distributions import IndependentNormal
 from ..nets import layer_sizes, make_decoder, make_encoder
 from ..priors import make_prior
-from .parts import ConditionalNormal, DataModel, precision_merge
+from .base import Model
+from .parts import ConditionalNormal, precision_merge
 
 __all__ = ["StackedVAE"]
 
 _INFERENCE = ("bottom-up", "ladder")
 
 
-def _net_name(net):
-    return net if isinstance(net, str) else net.get("name") if isinstance(net, dict) else None
-
-
-class StackedVAE(DataModel):
+class StackedVAE(Model):
     """A VAE with ``L`` stochastic layers ``z_L -> ... -> z_1 -> x`` and conditional Gaussian stages.
 
     Args:
@@ -59,28 +57,26 @@ class StackedVAE(DataModel):
         inference: ``"bottom-up"`` or ``"ladder"`` (see the module docstring).
         name: prefix in Pyro's param store.
 
-    Sites ``"z1" .. "zL"`` and ``"x"``; data plate ``"data"`` as in :class:`~pyro_vae.model.VAE`.
+    Sites ``"z1" .. "zL"`` and ``"x"``; data plate ``"data"`` as in :class:`~pyro_vae.models.VAE`.
+    From a config, ``latent_dims`` defaults to ``[latent_dim, latent_dim // 2]``.
     """
 
-    inputs = ("x",)
     guide_parts = ("first_encoder", "up")  # the guide registers these, the model the rest
 
     def __init__(self, data_shape, latent_dims=(32, 16), prior="normal", likelihood="bernoulli", net="mlp",
                  stage_hidden=None, activation: str = "softplus", inference: str = "bottom-up",
                  name: str = "stacked"):
-        super().__init__()
-        self._setup_data(data_shape, likelihood, name)
+        super().__init__(data_shape, likelihood, name)
         dims = [int(d) for d in ([latent_dims] if isinstance(latent_dims, int) else latent_dims)]
         if not dims or min(dims) < 1:
             raise ValueError(f"latent_dims must be a non-empty list of positive sizes, got {latent_dims!r}")
         if inference not in _INFERENCE:
             raise ValueError(f"inference must be one of {', '.join(_INFERENCE)}; got {inference!r}")
         if stage_hidden is None:
-            stage_hidden = () if _net_name(net) == "linear" else (256,)
+            stage_hidden = () if spec_name(net) == "linear" else (256,)
         stage_hidden = layer_sizes(stage_hidden, "stage_hidden", "[] makes the stages linear", allow_empty=True)
         self.latent_dims, self.inference = dims, inference
         self.latent_dim = dims[0]
-        self.latent_sites = tuple(f"z{i + 1}" for i in range(len(dims)))
 
         self.decoder = make_decoder(net, dims[0], self.data_shape, self.likelihood.n_params)
         # stages[l] is p(z_{l+1} | z_{l+2}) in 0-based layer numbering: context is the layer above.
@@ -93,6 +89,17 @@ class StackedVAE(DataModel):
         self.prior.setup(self)
 
     @property
+    def latent_sites(self) -> tuple[str, ...]:
+        """``("z1", ..., "zL")``, the data-side layer first."""
+        return tuple(f"z{i + 1}" for i in range(len(self.latent_dims)))
+
+    @classmethod
+    def from_config(cls, data_shape, latent_dim=10, prior="normal", likelihood="bernoulli", net="mlp",
+                    latent_dims=None, **options):
+        dims = [latent_dim, max(1, latent_dim // 2)] if latent_dims is None else latent_dims
+        return cls(data_shape, dims, prior=prior, likelihood=likelihood, net=net, **options)
+
+    @property
     def encoder(self):
         """``x -> (loc, scale)`` of the top layer along the deterministic upward path (used by a VampPrior)."""
         return self._top_posterior
@@ -103,8 +110,8 @@ class StackedVAE(DataModel):
     # ----------------------------------------------------------------- Pyro programs
     def model(self, x=None, idx=None, num_data=None, n=None):
         """``z_L ~ p(z_L)``, ``z_l ~ p(z_l | z_{l+1})``, ``x ~ p(x | decoder(z_1))``."""
-        self._register("model")
-        with self._plate(x, idx, num_data, n):
+        self.register_params("model")
+        with self.data_plate(x, idx, num_data, n):
             z = pyro.sample(self.latent_sites[-1], self.prior())
             for i in reversed(range(len(self.stages))):
                 z = pyro.sample(self.latent_sites[i], self.stages[i](z))
@@ -112,10 +119,10 @@ class StackedVAE(DataModel):
 
     def guide(self, x=None, idx=None, num_data=None, n=None):
         """Bottom-up ``q(z_1|x) q(z_2|z_1)...`` or the ladder's top-down merge, per ``inference``."""
-        self._register("guide")
+        self.register_params("guide")
         if x is None:
             raise ValueError("the guide needs data x")
-        with self._plate(x, idx, num_data, n):
+        with self.data_plate(x, idx, num_data, n):
             if self.inference == "ladder":
                 return self._ladder(x)
             loc, scale = self.first_encoder(x)
@@ -148,7 +155,7 @@ class StackedVAE(DataModel):
         on the means of their neighbours instead of samples of them.
         """
         self.check_data(x, support=False)
-        ups = self._upward(x.to(self._device()))
+        ups = self._upward(x.to(self.device))
         if self.inference == "bottom-up":
             return ups
         out = [ups[-1]]
@@ -156,16 +163,9 @@ class StackedVAE(DataModel):
             out.insert(0, precision_merge(*ups[i], *self.stages[i].loc_scale(out[0][0])))
         return out
 
-    @torch.no_grad()
-    def decode(self, z1, mean: bool = True):
-        """``E[x | z_1]`` (``mean=True``) or a draw of ``x``; ``z1: [*b, d_1] -> [*b, *data_shape]``."""
-        params = self.decoder(z1.to(self._device()))
-        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
-
-    @torch.no_grad()
-    def reconstruct(self, x):
-        """Decode the posterior mean of ``z_1``."""
-        return self.decode(self.encode(x)[0][0])
+    def posterior_mean(self, x, labels=None):
+        """``E_q[z_1 | x]``, ``[N, d_1]``: the layer the decoder reads (see :meth:`encode` for every layer)."""
+        return self.encode(x)[0][0]
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True):

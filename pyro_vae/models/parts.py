@@ -8,8 +8,6 @@
   with ``e ~ base``; the per-group prior of the grouped model.
 * :class:`ContextEncoder` / :class:`ContextDecoder`: the core encoder and
   decoder families fed ``(x, c)`` or ``(z, c)`` concatenated.
-* :class:`DataModel`: the duck-typed plumbing every model here shares with
-  :class:`~pyro_vae.model.VAE` (data plate, input checks, device).
 """
 
 from __future__ import annotations
@@ -22,27 +20,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions.transforms import AffineTransform
 
+from .._registry import spec_name
 from ..distributions import IndependentNormal
-from ..model import VAE
-from ..nets import MLP, layer_sizes, make_decoder, make_encoder
+from ..nets import MIN_SCALE, MLP, inv_softplus, layer_sizes, make_decoder, make_encoder
 from ..priors import Prior
+from .base import _shape
 
 __all__ = [
     "ConditionalNormal",
     "OffsetPrior",
     "ContextEncoder",
     "ContextDecoder",
-    "DataModel",
     "one_hot",
     "precision_merge",
 ]
-
-_MIN_SCALE = 1e-4
-
-
-def _shape(s) -> tuple[int, ...]:
-    return (int(s),) if isinstance(s, int) else tuple(int(v) for v in s)
-
 
 def _flatten(t: torch.Tensor, event_shape) -> torch.Tensor:
     """``[*b, *event_shape] -> [*b, prod(event_shape)]``."""
@@ -103,17 +94,16 @@ class ConditionalNormal(Prior):
             self.net = MLP(flat, self.hidden, [latent_dim, latent_dim], activation)
         else:
             self.linear = nn.Linear(flat, latent_dim)
-            raw = init_scale - _MIN_SCALE
-            self.raw_scale = nn.Parameter(torch.full((latent_dim,), raw + math.log(-math.expm1(-raw))))
+            self.raw_scale = nn.Parameter(torch.full((latent_dim,), inv_softplus(init_scale - MIN_SCALE)))
 
     def loc_scale(self, context: torch.Tensor):
         """``(loc, scale)``, each ``[*b, latent_dim]``."""
         c = _flatten(context, self.context_shape)
         if self.hidden:
             loc, raw = self.net(c)
-            return loc, F.softplus(raw) + _MIN_SCALE
+            return loc, F.softplus(raw) + MIN_SCALE
         loc = self.linear(c)
-        return loc, (F.softplus(self.raw_scale) + _MIN_SCALE).expand_as(loc)
+        return loc, (F.softplus(self.raw_scale) + MIN_SCALE).expand_as(loc)
 
     def forward(self, context=None):
         if context is None:
@@ -181,40 +171,6 @@ class ContextDecoder(nn.Module):
 
 
 def _require_dense(net, what):
-    name = net if isinstance(net, str) else net.get("name") if isinstance(net, dict) else None
-    if name == "conv":
+    if spec_name(net) == "conv":
         raise ValueError(f"a context-taking {what} sees [flatten(x), c] and needs a dense net family "
                          "('mlp' or 'linear'); the conv family is only available for the decoder side")
-
-
-class DataModel(nn.Module):
-    """Plumbing shared with :class:`~pyro_vae.model.VAE`, reused rather than re-implemented.
-
-    Subclasses set ``data_shape``, ``likelihood`` and ``name``. ``_plate(x, idx,
-    num_data, n)`` is the ``"data"`` plate with ``subsample=idx`` that scales a
-    minibatch to the full data set; ``_register("model" | "guide")`` declares each
-    parameter to Pyro in one program (``guide_parts`` in the guide, the rest in
-    the model); ``check_data`` and ``_device`` are what
-    :func:`~pyro_vae.train.fit` and :func:`~pyro_vae.evaluate.elbo` call, and
-    ``max_plate_nesting`` spares the objectives a tracing pass to guess it.
-    """
-
-    max_plate_nesting = 1  # the data plate (a "groups" plate sits beside it, not inside)
-    guide_parts: tuple = ()  # what the guide registers (see VAE._register); by default the model registers all
-
-    # The VAE's own functions, borrowed so the messages and checks stay in one place.
-    _plate = VAE._plate
-    _register = VAE._register
-    check_data = VAE.check_data
-    _shape_message = VAE._shape_message
-    _device = VAE._device
-
-    def _setup_data(self, data_shape, likelihood, name: str) -> None:
-        from ..likelihoods import make_likelihood
-
-        self.data_shape = _shape(data_shape)
-        if not self.data_shape or min(self.data_shape) < 1:
-            raise ValueError(f"data_shape must be a non-empty shape of positive sizes, got {data_shape!r}")
-        self.name = name
-        self.likelihood = make_likelihood(likelihood)
-        self.likelihood.setup(self.data_shape)

@@ -8,7 +8,7 @@
 ``c`` is a one-hot label (class-conditional generation), a masked image (the
 quadrant-completion task of Sohn et al.: condition on the observed quadrants,
 generate the others) or any tensor. The prior is a
-:class:`~pyro_vae.hierarchical.parts.ConditionalNormal` by default; any other
+:class:`~pyro_vae.models.parts.ConditionalNormal` by default; any other
 prior works too and then ignores ``c``.
 
 References:
@@ -22,14 +22,20 @@ import pyro
 import torch
 from pyro.infer import Predictive
 
+from .._registry import Registry, spec_name
 from ..distributions import IndependentNormal
 from ..priors import VampPrior, make_prior
-from .parts import ConditionalNormal, ContextDecoder, ContextEncoder, DataModel, _shape, one_hot
+from .base import Model, SampleGrid, Unsupported, _shape
+from .parts import ConditionalNormal, ContextDecoder, ContextEncoder, one_hot
 
 __all__ = ["CVAE", "quadrant_task", "fill_hidden"]
 
+# The CVAE's own prior p(z | c), beside the unconditional priors of PRIORS.
+_CONDITIONAL_PRIORS = Registry("conditional prior", skip=("self", "latent_dim", "context_shape"))
+_CONDITIONAL_PRIORS.register("conditional", ConditionalNormal, target=ConditionalNormal)
 
-class CVAE(DataModel):
+
+class CVAE(Model):
     """``p(x | z, c) p(z | c)`` with guide ``q(z | x, c)``.
 
     Args:
@@ -51,12 +57,12 @@ class CVAE(DataModel):
     inputs = ("x", "c")
     guide_parts = ("encoder",)  # the guide registers these, the model the rest
     latent_sites = ("z",)
+    label_option = "n_classes"
 
     def __init__(self, data_shape, context_shape=None, latent_dim: int = 10, n_classes: int | None = None,
                  prior="conditional", likelihood="bernoulli", net="mlp", encoder=None, decoder=None,
                  name: str = "cvae"):
-        super().__init__()
-        self._setup_data(data_shape, likelihood, name)
+        super().__init__(data_shape, likelihood, name)
         if (context_shape is None) == (n_classes is None):
             raise ValueError("give exactly one of context_shape (any conditioning tensor) or n_classes (labels)")
         self.n_classes = None if n_classes is None else int(n_classes)
@@ -66,11 +72,10 @@ class CVAE(DataModel):
                                       self.latent_dim)
         self.decoder = ContextDecoder(net if decoder is None else decoder, self.latent_dim, self.context_shape,
                                       self.data_shape, self.likelihood.n_params)
-        name_ = prior if isinstance(prior, str) else prior.get("name") if isinstance(prior, dict) else None
-        if name_ == "conditional":
-            options = {k: v for k, v in prior.items() if k != "name"} if isinstance(prior, dict) else {}
-            options.setdefault("hidden", (256,))
-            self.prior = ConditionalNormal(self.latent_dim, self.context_shape, **options)
+        if spec_name(prior) == "conditional":
+            options = {"hidden": (256,), **_CONDITIONAL_PRIORS.split_spec(prior)[1]}
+            self.prior = _CONDITIONAL_PRIORS.build({"name": "conditional", **options}, latent_dim=self.latent_dim,
+                                                   context_shape=self.context_shape)
         else:
             self.prior = make_prior(prior, self.latent_dim, self.data_shape)
             if isinstance(self.prior, VampPrior):
@@ -82,7 +87,7 @@ class CVAE(DataModel):
         """``c`` as the float tensor the networks see: labels one-hot encoded, shape checked."""
         if c is None:
             raise ValueError("the CVAE needs its conditioning tensor c")
-        c = c.to(self._device())
+        c = c.to(self.device)
         if self.n_classes is not None and not c.is_floating_point():
             if c.dim() != 1 or bool(((c < 0) | (c >= self.n_classes)).any()):
                 raise ValueError(f"labels c must be a [B] tensor with values in 0..{self.n_classes - 1}")
@@ -95,33 +100,75 @@ class CVAE(DataModel):
     # ----------------------------------------------------------------- Pyro programs
     def model(self, x=None, c=None, idx=None, num_data=None, n=None):
         """``z ~ p(z | c)``, ``x ~ p(x | decoder(z, c))``."""
-        self._register("model")
+        self.register_params("model")
         c = self.context(c)
-        with self._plate(x, idx, num_data, c.shape[0] if x is None else n):
+        with self.data_plate(x, idx, num_data, c.shape[0] if x is None else n):
             z = pyro.sample("z", self.prior(context=c))
             return pyro.sample("x", self.likelihood(self.decoder(z, c)), obs=x)
 
     def guide(self, x=None, c=None, idx=None, num_data=None, n=None):
         """``z ~ q(z | x, c)``."""
-        self._register("guide")
+        self.register_params("guide")
         if x is None:
             raise ValueError("the guide needs data x")
         c = self.context(c)
-        with self._plate(x, idx, num_data, n):
+        with self.data_plate(x, idx, num_data, n):
             return pyro.sample("z", IndependentNormal(*self.encoder(x, c)))
+
+    # ----------------------------------------------------------------- from a config
+    @classmethod
+    def from_config(cls, data_shape, latent_dim=10, prior="conditional", likelihood="bernoulli", net="mlp",
+                    context_shape=None, n_classes=None, **options):
+        if context_shape is None and n_classes is None:
+            n_classes = 10
+        return cls(data_shape, context_shape, latent_dim, n_classes, prior=prior, likelihood=likelihood, net=net,
+                   **options)
+
+    @classmethod
+    def complete_options(cls, options, labels):
+        if "context_shape" in options:
+            return dict(options)
+        return super().complete_options(options, labels)
+
+    @classmethod
+    def check_component(cls, key, spec):
+        if key == "prior" and spec_name(spec) == "conditional":
+            _CONDITIONAL_PRIORS.check(spec)
+            return
+        super().check_component(key, spec)
 
     # ----------------------------------------------------------------- fitted-model API
     @torch.no_grad()
     def encode(self, x, c):
         """``(loc, scale)`` of ``q(z | x, c)``, each ``[B, latent_dim]``."""
         self.check_data(x, support=False)
-        return self.encoder(x.to(self._device()), self.context(c))
+        return self.encoder(x.to(self.device), self.context(c))
+
+    def posterior_mean(self, x, labels=None):
+        """``E_q[z | x, c]`` with ``c`` the points' labels (or context tensor)."""
+        if labels is None:
+            raise Unsupported("the CVAE's posterior q(z | x, c) needs each point's context c: give data with "
+                              "labels (a .npz or .pt file with a 'y' array), or call encode(x, c) from Python")
+        return self.encode(x, labels)[0]
+
+    def decoder_context(self, *context):
+        if len(context) != 1:
+            raise Unsupported("the CVAE decodes z with its context: decode(z, c)")
+        return (self.context(context[0]),)
 
     @torch.no_grad()
-    def decode(self, z, c, mean: bool = True):
-        """``E[x | z, c]`` (``mean=True``) or a draw; ``z: [*b, latent_dim]``, ``c`` broadcastable."""
-        params = self.decoder(z.to(self._device()), self.context(c))
-        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+    def reconstruct(self, x, labels=None):
+        """``E[x | z, c]`` at the posterior mean of ``z``."""
+        return self.decode(self.posterior_mean(x, labels), labels)
+
+    @torch.no_grad()
+    def sample_grid(self, n: int = 64, mean: bool = True) -> SampleGrid:
+        """A row per class for a label CVAE, ``min(10, n // n_classes)`` (at least 1) draws each."""
+        if self.n_classes is None:
+            raise Unsupported("a CVAE on a general context tensor has no class grid; call model.sample(c)")
+        per = max(1, min(10, n // self.n_classes))
+        labels = torch.arange(self.n_classes).repeat_interleave(per)
+        return SampleGrid(self.sample(labels, mean=mean), per)
 
     @torch.no_grad()
     def sample(self, c, num_samples: int = 1, mean: bool = True):
