@@ -475,10 +475,10 @@ def load_dataset(source: str, *, data_dir=None, download: bool = False, preproce
 
 
 def load_data_file(path, data_shape, preprocessing: Preprocessing | None = None) -> tuple:
-    """A raw user file (:func:`load_file`) mapped like the training data: ``(x, labels | None, clamped)``.
+    """A raw user file (:func:`load_file`) mapped like the training data: ``(x, labels | None)``.
 
     Rows holding the right number of values are reshaped to ``data_shape``;
-    ``clamped`` counts the values the map clamped into [0, 1]. Binarisation is
+    without ``preprocessing`` the values are returned as stored. Binarisation is
     not applied here (see :meth:`Preprocessing.binarized`).
     """
     x, labels = load_file(path)
@@ -489,6 +489,4 @@ def load_data_file(path, data_shape, preprocessing: Preprocessing | None = None)
                              f"data points of shape {data_shape} ({torch.Size(data_shape).numel()} values each); "
                              "pass data with the training data's features, or train a run on this data")
         x = x.reshape(-1, *data_shape)
-    if preprocessing is None:
-        return x, labels, 0
-    return preprocessing(x), labels, preprocessing.clamped(x)
+    return (x if preprocessing is None else preprocessing(x)), labels

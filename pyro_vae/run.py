@@ -261,8 +261,9 @@ def _held_out(run_dir, split: str, data_file, seed: int | None, device):
         x, labels = getattr(splits, split), getattr(splits, f"{split}_labels")
         clamped = splits.clamped.get(split, 0)
     else:
-        x, labels, clamped = load_data_file(data_file, model.data_shape, preprocessing)
-        x = preprocessing.binarized(x, torch.Generator().manual_seed(seed))  # as the held-out splits were
+        raw, labels = load_data_file(data_file, model.data_shape)
+        clamped = preprocessing.clamped(raw)
+        x = preprocessing.binarized(preprocessing(raw), torch.Generator().manual_seed(seed))  # as the splits were
         split = "file"
     if len(x) == 0:
         raise ValueError(f"the {split} split of {run_dir} is empty (its fraction is 0 in the config); "
@@ -334,7 +335,7 @@ def encode_run(run_dir, data_file, *, batch_size: int = 1024, device="cpu") -> t
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model, config, payload = load_run(run_dir, map_location=device)
-    x, labels, _ = load_data_file(data_file, model.data_shape, load_preprocessing(payload, config))
+    x, labels = load_data_file(data_file, model.data_shape, load_preprocessing(payload, config))
     model.check_data(x, support=False)
     with _model_type(config), torch.no_grad():
         return torch.cat([model.posterior_mean(x[i:i + batch_size], None if labels is None else

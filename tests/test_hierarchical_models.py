@@ -84,6 +84,13 @@ def test_the_former_homes_reexport_the_same_objects():
         assert getattr(old, name) is getattr(models, name), name
     for name in old_registry.__all__:
         assert getattr(old_registry, name) is getattr(registry, name), name
+    import importlib
+
+    from pyro_vae.model import VAE
+
+    assert VAE is models.VAE
+    for module in ("conditional", "grouped", "parts", "semisupervised", "stacked"):  # the old module paths
+        assert importlib.import_module(f"pyro_vae.hierarchical.{module}") is getattr(models, module), module
 
 
 def test_builder_defaults_and_errors():

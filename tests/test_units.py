@@ -144,4 +144,4 @@ def test_masses_and_binarised_data_are_reported_as_the_model_sees_them(tmp_path,
     report = json.loads(capsys.readouterr().out)
     assert report["log_jacobian"] == 0.0 and words in report["units"]
     assert main(["evaluate", str(run)]) == 0
-    assert f"units: nats per data point" in capsys.readouterr().out
+    assert "units: nats per data point" in capsys.readouterr().out
