@@ -32,12 +32,13 @@ import pyro
 import torch
 
 from . import build, distributed
+from ._registry import MODELS
 from ._io import atomic_write_text
 from .artifacts import METRIC_KEYS, METRICS, ElboTerms, RunRecorder, TrainingInterrupted, write_figures
 from .checkpoint import CHECKPOINT, FORMAT, load_preprocessing, load_run, versions
 from .config import Config, DataConfig, OutputConfig, apply_overrides
 from .data import DataSplits, Preprocessing, load_data_file, load_dataset
-from .evaluate import Units, data_units, elbo
+from .evaluate import Units, data_units, elbo, iwae_log_likelihood
 from .importance import Evaluator
 from .models.base import SampleGrid, Unsupported
 from .train import TrainingDivergedError, TrainState, fit
@@ -70,10 +71,11 @@ def resolve_config(config: Config) -> tuple[Config, list[str]]:
     means the likelihood's own (:func:`~pyro_vae.build.default_preprocess`)."""
     notes = []
     if config.data.preprocess is None:
-        name = build.default_preprocess(config.model)
+        name, reason = build.default_preprocess(config.model), "the data as given"
+        if MODELS[config.model.type].target.takes("likelihood"):
+            reason = f"the default for the {config.model.label('likelihood')!r} likelihood"
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, preprocess=name))
-        notes.append(f"preprocess {name!r}: the default for the {config.model.label('likelihood')!r} likelihood "
-                     "(choose another with --preprocess / data.preprocess)")
+        notes.append(f"preprocess {name!r}: {reason} (choose another with --preprocess / data.preprocess)")
     return config, notes
 
 
@@ -250,9 +252,22 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
 
 # --------------------------------------------------------------------------- a saved run
 
-def _held_out(run_dir, split: str, data_file, seed: int | None, device):
-    """``(model, config, payload, seed, x, labels, split, clamped, preprocessing)`` for a split or a raw file;
-    ``seed`` defaults to the run's."""
+class _HeldOut(NamedTuple):
+    """A saved run with the held-out data to report on (a split, or a raw file mapped as training was)."""
+
+    model: torch.nn.Module
+    config: Config
+    payload: dict
+    seed: int
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    split: str
+    clamped: int
+    preprocessing: Preprocessing
+
+
+def _held_out(run_dir, split: str, data_file, seed: int | None, device) -> _HeldOut:
+    """The run and its ``split`` (or ``data_file``); ``seed`` defaults to the run's."""
     model, config, payload = load_run(run_dir, map_location=device)
     seed = config.train.seed if seed is None else int(seed)
     preprocessing = load_preprocessing(payload, config)
@@ -268,7 +283,7 @@ def _held_out(run_dir, split: str, data_file, seed: int | None, device):
     if len(x) == 0:
         raise ValueError(f"the {split} split of {run_dir} is empty (its fraction is 0 in the config); "
                          "choose another --split")
-    return model, config, payload, seed, x, labels, split, clamped, preprocessing
+    return _HeldOut(model, config, payload, seed, x, labels, split, clamped, preprocessing)
 
 
 def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles: int = 1, seed: int | None = None,
@@ -283,10 +298,10 @@ def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles:
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    model, config, payload, seed, x, labels, split, clamped, preprocessing = _held_out(run_dir, split, data_file,
-                                                                                       seed, device)
-    with _model_type(config):
-        inputs = model.split_inputs(x, labels, split=split)  # held-out M2 labels hidden: the bound on log p(x)
+    held = _held_out(run_dir, split, data_file, seed, device)
+    model, seed, split, preprocessing = held.model, held.seed, held.split, held.preprocessing
+    with _model_type(held.config):
+        inputs = model.split_inputs(held.x, held.labels, split=split)  # held-out M2 labels hidden: log p(x)
         if iwae_samples or psis:
             Evaluator(model, tuple(t[:2] for t in inputs), seed)  # refuses models without per-point weights
     units = data_units(model, inputs, preprocessing)
@@ -294,14 +309,12 @@ def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles:
     if data_file is not None:
         report["data"] = str(data_file)
     pyro.set_rng_seed(seed)
-    report.update(split=split, n=len(x), elbo=elbo(model, inputs, num_particles=num_particles) + units.log_jacobian,
-                  num_particles=num_particles, seed=seed, epoch=payload["epoch"], units=units.description,
-                  log_jacobian=units.log_jacobian, preprocess=preprocessing.name)
+    report.update(split=split, n=len(held.x), elbo=elbo(model, inputs, num_particles=num_particles)
+                  + units.log_jacobian, num_particles=num_particles, seed=seed, epoch=held.payload["epoch"],
+                  units=units.description, log_jacobian=units.log_jacobian, preprocess=preprocessing.name)
     if preprocessing.clamp:
-        report["clamped_values"] = clamped  # outside the training range: the Jacobian does not hold for them
+        report["clamped_values"] = held.clamped  # outside the training range: the Jacobian does not hold there
     if iwae_samples:
-        from .evaluate import iwae_log_likelihood
-
         iw = iwae_log_likelihood(model, inputs, num_samples=int(iwae_samples), seed=seed)
         report.update(iwae_log_likelihood=iw.mean + units.log_jacobian, iwae_stderr=iw.stderr,
                       iwae_samples=int(iwae_samples))
