@@ -60,6 +60,13 @@ class VAE(Model):
         self.prior = make_prior(prior, self.latent_dim, self.data_shape)
         self.prior.setup(self)
 
+    @classmethod
+    def from_config(cls, data_shape, latent_dim=10, prior="normal", likelihood="bernoulli", net="mlp", **options):
+        """As ``Model.from_config``, the prior drawn before the networks: a config's run gives the same
+        weights as it did before model types shared one builder (a learnable prior draws random numbers)."""
+        prior = make_prior(prior, int(latent_dim), tuple(data_shape))
+        return cls(tuple(data_shape), latent_dim, prior=prior, likelihood=likelihood, net=net, **options)
+
     # ----------------------------------------------------------------- Pyro programs
     def model(self, x=None, idx=None, num_data=None, n=None):
         """``z ~ p(z)``, ``x ~ p(x | decoder(z))`` for each point of the minibatch."""
