@@ -10,6 +10,11 @@ imported on the first look-up, so :mod:`pyro_vae.config` checks names and
 options through these tables without importing a single component module, and
 plugins (:mod:`pyro_vae.plugins`) register into the same tables before any name
 is resolved.
+
+Each table also declares the names of its built-in entries (``builtin``), so the
+command line lists them in its help without importing that module, and with it
+torch and Pyro (``tests/test_startup.py`` checks the declared names against the
+registered ones).
 """
 
 from __future__ import annotations
@@ -77,32 +82,47 @@ class Registry:
         source: the module registering the built-in entries, imported on the first look-up.
         skip: keyword arguments every builder of this kind receives from the caller
             (``latent_dim``, ``data_shape``, ...), so they are not user options.
+        builtin: the names ``source`` registers, in its order, for listings that must not
+            import it (``names(load=False)``).
     """
 
-    def __init__(self, kind: str, source: str | None = None, skip=("self", "latent_dim", "data_shape", "n_params")):
+    def __init__(self, kind: str, source: str | None = None, skip=("self", "latent_dim", "data_shape", "n_params"),
+                 builtin=()):
         self.kind = kind
-        self._source = source
+        self.source = source
+        self.builtin = tuple(builtin)
+        self._source = source  # None once imported
         self._skip = frozenset(skip)
         self._entries: dict[str, Entry] = {}
 
     # ----------------------------------------------------------------- filling
     def register(self, name: str, factory: Callable[..., Any], doc: str = "", target=None, *, skip=(),
                  check: Callable[..., None] | None = None) -> None:
+        self._import_source()  # the built-in entries first, so one registered under the same name replaces them
         self._entries[name] = Entry(name, factory, doc, target, self._skip | frozenset(skip), check)
 
     def unregister(self, name: str) -> None:
+        self._import_source()
         self._entries.pop(name, None)
 
-    def _load(self) -> None:
+    def _import_source(self) -> None:
         if self._source is not None:
-            source, self._source = self._source, None  # first, so the module's own look-ups do not recurse
+            source, self._source = self._source, None  # first, so the module's own registrations do not recurse
             importlib.import_module(source)
+
+    def _load(self) -> None:
+        self._import_source()
         from . import plugins
 
         plugins.load_entry_points()
 
     # ----------------------------------------------------------------- look-ups
-    def names(self) -> list[str]:
+    def names(self, load: bool = True) -> list[str]:
+        """The registered names; with ``load=False`` nothing is imported (for help texts): the declared built-in
+        names while the source module is not imported yet (installed plugins not included), else those
+        registered so far."""
+        if not load:
+            return list(self.builtin) if self._source is not None else list(self._entries)
         self._load()
         return list(self._entries)
 
@@ -176,13 +196,19 @@ class Registry:
             raise ComponentError(self.kind, str(err)) from err
 
 
-# The package's tables; each is filled by its module on first use.
-PRIORS = Registry("prior", "pyro_vae.priors")
-LIKELIHOODS = Registry("likelihood", "pyro_vae.likelihoods")
-NETS = Registry("net", "pyro_vae.nets")
-MODELS = Registry("model", "pyro_vae.models", skip=("self", "data_shape", "name"))
-OBJECTIVES = Registry("objective", "pyro_vae.objectives")
-KL_SCHEDULES = Registry("kl schedule", "pyro_vae.objectives")
-OPTIMIZERS = Registry("optimizer", "pyro_vae.optim", skip=("self", "params"))
-LR_SCHEDULES = Registry("lr schedule", "pyro_vae.optim", skip=("self", "optimizer", "last_epoch", "verbose"))
-PREPROCESSINGS = Registry("preprocess", "pyro_vae.data")
+# The package's tables; each is filled by its module on first use. `builtin` repeats the names that module
+# registers, in its order (tests/test_startup.py checks them): a help text lists them without importing it.
+PRIORS = Registry("prior", "pyro_vae.priors", builtin=("normal", "laplace", "student-t", "mog", "vamp"))
+LIKELIHOODS = Registry("likelihood", "pyro_vae.likelihoods", builtin=(
+    "bernoulli", "continuous-bernoulli", "normal", "laplace", "poisson", "negative-binomial", "zinb", "categorical"))
+NETS = Registry("net", "pyro_vae.nets", builtin=("mlp", "conv", "linear"))
+MODELS = Registry("model", "pyro_vae.models", skip=("self", "data_shape", "name"),
+                  builtin=("vae", "stacked", "m2", "cvae", "grouped"))
+OBJECTIVES = Registry("objective", "pyro_vae.objectives",
+                      builtin=("elbo", "meanfield", "iwae", "renyi", "tracegraph", "enum"))
+KL_SCHEDULES = Registry("kl schedule", "pyro_vae.objectives", builtin=("constant", "linear", "cyclical"))
+OPTIMIZERS = Registry("optimizer", "pyro_vae.optim", skip=("self", "params"), builtin=("adam", "clipped-adam", "adamw"))
+LR_SCHEDULES = Registry("lr schedule", "pyro_vae.optim", skip=("self", "optimizer", "last_epoch", "verbose"),
+                        builtin=("exponential", "step", "cosine", "plateau"))
+PREPROCESSINGS = Registry("preprocess", "pyro_vae.data",
+                          builtin=("none", "scale", "binarize", "dynamic-binarize", "standardize"))

@@ -5,6 +5,11 @@ table, :data:`TRAIN_FLAGS`; the work itself lives in :mod:`pyro_vae.run`.
 Library exceptions are caught here only: a one-paragraph message on stderr and
 exit code 2 for bad usage or configuration, 1 for a problem while running.
 Set ``PYRO_VAE_DEBUG=1`` to see the traceback instead.
+
+Building the parser imports neither torch nor Pyro, so ``--help`` and
+``--version`` answer at once: the help lists each registry's declared built-in
+names (``Registry.names(load=False)``), and the components are imported only
+when a command runs, after its plugins.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from .config import Config, ConfigError, apply_overrides, load_config
 __all__ = ["main", "build_parser", "TRAIN_FLAGS"]
 
 PROG = "pyro-vae"
+# the names of pyro_vae.data.DATASETS, for the help without importing torch (tests/test_startup.py compares them)
+DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "kmnist")
 
 
 def _int_list(text: str) -> list[int]:
@@ -38,7 +45,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _names(registry) -> str:
-    return ", ".join(registry.names())
+    return ", ".join(registry.names(load=False))  # imports nothing: the declared built-in names
 
 
 def _train_flags():
@@ -48,10 +55,9 @@ def _train_flags():
     as setting a component by name resets its options.
     """
     from ._registry import LIKELIHOODS, MODELS, NETS, OBJECTIVES, OPTIMIZERS, PREPROCESSINGS, PRIORS
-    from .data import DATASETS
 
     return [
-        ("--dataset", "data.source", dict(metavar="NAME", help=f"built-in dataset: {', '.join(DATASETS)}")),
+        ("--dataset", "data.source", dict(metavar="NAME", help=f"built-in dataset: {', '.join(DATASET_NAMES)}")),
         ("--data", "data.source", dict(metavar="FILE", help="a user data file (.npy, .npz, .csv, .pt) instead")),
         ("--data-dir", "data.data_dir", dict(metavar="DIR", help="where torchvision datasets are stored")),
         ("--download", "data.download", dict(action="store_const", const=True,
@@ -492,6 +498,9 @@ def main(argv=None) -> int:
         print(f"{PROG} {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
 
+    from . import plugins
+
+    plugins.load_entry_points()  # installed plugins before --plugin and a config's plugins, which may replace them
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
