@@ -5,7 +5,7 @@
     config.model      -> the model (label counts such as n_classes filled in from the data)
     config.objective  -> the Pyro ELBO (the model's own where it needs one: M2's "enum") and the KL schedule
     config.optim      -> the pyro.optim optimiser with its lr scheduler
-    config.train      -> early stopping
+    config.train      -> early stopping, the divergence rule
     config.data       -> the preprocessing a likelihood implies when none is set
 
 Every name resolves here once; :func:`~pyro_vae.train.fit` and the models
@@ -24,10 +24,10 @@ from ._registry import LIKELIHOODS, MODELS, ComponentError, spec_name
 from .config import Config, ConfigError, ModelConfig, ObjectiveConfig, OptimConfig, TrainConfig, config_key
 from .objectives import KLSchedule, model_objective
 from .optim import make_optimizer
-from .train import EarlyStopping
+from .train import Divergence, EarlyStopping
 
 __all__ = ["Training", "training", "model", "objective", "optimizer", "kl_schedule", "early_stopping",
-           "default_preprocess"]
+           "divergence", "default_preprocess"]
 
 # the registry kind of a component error -> the config key it came from
 _KEYS = {"prior": "model.prior", "likelihood": "model.likelihood", "net": "model.net"}
@@ -84,6 +84,15 @@ def early_stopping(train_config: TrainConfig) -> EarlyStopping | None:
     return EarlyStopping(patience, train_config.min_delta) if patience else None
 
 
+def divergence(train_config: TrainConfig) -> Divergence | None:
+    """The rule refusing a step whose finite loss diverged; ``None`` when ``train.divergence`` is 0 or false."""
+    factor = train_config.divergence
+    if factor is False or factor == 0:
+        return None
+    with config_key("train.divergence"):
+        return Divergence(factor)
+
+
 @dataclass
 class Training:
     """The objects a run's ``fit`` takes besides the model, each built once from the config."""
@@ -92,10 +101,11 @@ class Training:
     optim: object
     kl_schedule: KLSchedule
     early_stopping: EarlyStopping | None
+    divergence: Divergence | None = None
 
 
 def training(config: Config, built_model) -> Training:
     """Everything ``built_model`` is trained with under ``config``."""
     epochs = config.train.epochs
     return Training(objective(config.objective, built_model), optimizer(config.optim, epochs),
-                    kl_schedule(config.objective, epochs), early_stopping(config.train))
+                    kl_schedule(config.objective, epochs), early_stopping(config.train), divergence(config.train))

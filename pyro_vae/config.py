@@ -8,7 +8,8 @@
     [objective] name, num_particles, kl_weight, kl_schedule, kl_warmup, kl_cycles, kl_ratio,
                 and the objective's own options (alpha = 0.5 for renyi, free_bits = 0.1 for elbo, ...)
     [optim]     name, lr, clip_norm, lr_schedule
-    [train]     epochs, seed, device, val_every, checkpoint_every, early_stopping, min_delta
+    [train]     epochs, seed, device, val_every, checkpoint_every, early_stopping, min_delta, on_nonfinite,
+                divergence
     [output]    run_dir
 
 ``load_config(path)`` / ``Config.from_dict(d)`` validate into typed objects and
@@ -232,10 +233,22 @@ class TrainConfig:
     early_stopping: int | None = None  # patience: validations without improvement before stopping (unset: off)
     min_delta: float = 0.0  # improvement of the validation ELBO (nats) that resets the patience
     on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" (keep the last checkpoint) or "skip" the step
+    # a finite loss that diverged, handled like a NaN (on_nonfinite): a step whose loss per data point exceeds the
+    # best so far by more than this factor x max(|first loss|, |best loss|, values per point); 0 or false: off
+    # (pyro_vae.step.Divergence; its default DIVERGENCE_FACTOR)
+    divergence: float | bool = 1000.0
 
     def check(self) -> None:
         _require(self.on_nonfinite in ("stop", "skip"), "train.on_nonfinite",
                  f"must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+        _require(self.divergence is not True, "train.divergence",
+                 "takes a factor (a number >= 1, default 1000) or 0/false to turn the check off, got true")
+        if self.divergence is not False:
+            import math
+
+            _require(self.divergence == 0 or (math.isfinite(self.divergence) and self.divergence >= 1),
+                     "train.divergence", f"must be 0 or false (off) or a finite factor >= 1 (default 1000: a step "
+                     f"whose loss rises 1000x the run's scale above its best is refused), got {self.divergence!r}")
         if self.early_stopping is not None:
             _require(self.early_stopping >= 1, "train.early_stopping",
                      f"patience must be >= 1 validation, got {self.early_stopping}")

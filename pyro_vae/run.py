@@ -239,7 +239,7 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
                      kl_schedule=t.kl_schedule, val_data=run.inputs["val"], val_every=config.train.val_every,
                      early_stopping=t.early_stopping, callbacks=callbacks, stop=stop, resume=resume,
                      train_transform=train_transform, seed=None, on_nonfinite=config.train.on_nonfinite,
-                     progress=False)
+                     divergence=t.divergence, progress=False)
         if result.interrupted:  # a stop request whose KeyboardInterrupt was lost
             raise KeyboardInterrupt
         files = recorder.finish(run.model, run.splits, run.inputs) if distributed.is_main() else {}

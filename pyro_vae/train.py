@@ -3,7 +3,7 @@
 ::
 
     for epoch in first .. epochs:
-        step       each minibatch: the objective's loss and gradients, a finiteness check, the optimiser
+        step       each minibatch: the objective's loss and gradients, finiteness and divergence checks, the optimiser
         validate   the validation ELBO every val_every epochs, the callbacks' metrics, early stopping
         record     the TrainState snapshot, handed to the callbacks (a run's recorder saves it)
         stop       early stopping, or a stop request (e.g. Ctrl-C whose exception was lost)
@@ -12,7 +12,8 @@ The data sit in memory as tensors; each epoch draws a permutation and slices
 minibatches from it, so there is no per-item Python overhead. Minibatch indices
 go to the model's data plate, which scales the ELBO to the full data set. Each
 step is a :class:`~pyro_vae.step.Stepper`: ``SVI.step``'s moves with a check
-between gradients and update, so a NaN or Inf never reaches the weights. The
+between gradients and update, so a NaN or Inf never reaches the weights, nor a
+finite loss that left the plausible range (:class:`~pyro_vae.step.Divergence`). The
 data are validated once, up front, so Pyro's per-step distribution validation is
 off inside the loop unless asked for (it costs ~15% of a small network's step).
 
@@ -44,9 +45,10 @@ from .data import as_tensors
 from .evaluate import elbo as evaluate_elbo
 from .objectives import KLSchedule, LatentScale, ShapeJitELBO, model_objective, objective_for
 from .optim import LR_SCHEDULES, OPTIMIZERS, current_lr, make_optimizer, schedulers
-from .step import Stepper
+from .step import DIVERGENCE_FACTOR, Divergence, Stepper
 
-__all__ = ["fit", "FitResult", "TrainState", "Callback", "EarlyStopping", "Stepper", "TrainingDivergedError",
+__all__ = ["fit", "FitResult", "TrainState", "Callback", "EarlyStopping", "Stepper", "Divergence",
+           "TrainingDivergedError",
            "rng_state", "set_rng_state", "sync_param_store", "make_optimizer", "OPTIMIZERS", "LR_SCHEDULES",
            "as_tensors"]
 
@@ -195,7 +197,8 @@ def sync_param_store(vae) -> None:
 
 
 class TrainingDivergedError(FloatingPointError):
-    """The loss or a gradient became NaN or infinite; raised before that step's update is applied.
+    """The loss or a gradient became NaN or infinite, or the loss diverged (:class:`Divergence`); raised
+    before that step's update is applied.
 
     Attributes:
         epoch: the epoch of the step (1-based).
@@ -211,6 +214,13 @@ _DIVERGED_HINT = ("Likely causes: a learning rate too high (lower lr, e.g. by 10
                   "likelihood scale collapsing towards 0 (use likelihood options such as a scale floor or a fixed "
                   "scale), or extreme data values (check the preprocessing).")
 _SKIP_HINT = " To skip such steps instead: on_nonfinite='skip' (config: train.on_nonfinite = \"skip\")."
+_DIVERGENCE_OFF = " To turn this check off: divergence=None (config: train.divergence = 0)."
+
+
+def _diverged_fix(lr: float | None) -> str:
+    lower = f" (--lr / optim.lr, now {lr:g}: try {lr / 10:g})" if lr else " (--lr / optim.lr)"
+    return (f"Fix: lower the learning rate by 10x or more{lower}, or clip the gradients with optim.clip_norm "
+            "(e.g. --set optim.clip_norm=10).")
 
 # Objectives traced by torch.jit: ours and Pyro's four (they share no base class of their own).
 _COMPILED = (ShapeJitELBO, JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO)
@@ -241,8 +251,8 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, optim=None
         early_stopping: EarlyStopping | int | None = None, callbacks: Sequence[Callback] = (),
         stop: threading.Event | None = None, resume: TrainState | None = None,
         train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None, seed: int | None = 0, device=None,
-        on_nonfinite: str = "stop", validate_steps: bool = False, progress: bool = True,
-        **removed) -> FitResult:
+        on_nonfinite: str = "stop", divergence: Divergence | float | None = DIVERGENCE_FACTOR,
+        validate_steps: bool = False, progress: bool = True, **removed) -> FitResult:
     """Fit ``vae`` (a :class:`~pyro_vae.models.Model`) to ``data: [N, *data_shape]`` by SVI.
 
     ``data`` may also be a tuple of tensors with a common first dimension
@@ -266,9 +276,13 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, optim=None
             ``torch.bernoulli`` for dynamic binarisation); one transformed copy is held at a time.
         seed: seeds torch, numpy and ``random`` via ``pyro.set_rng_seed`` (``None``: leave them).
         device: ``"cpu"``, ``"cuda"``, ... (default: where the model's parameters are).
-        on_nonfinite: a step whose loss or gradient is NaN/Inf: ``"stop"`` raises
+        on_nonfinite: a step whose loss or gradient is NaN/Inf, or whose loss diverged: ``"stop"`` raises
             :class:`TrainingDivergedError` before updating the weights; ``"skip"`` drops that
             step (counted as ``skipped_steps`` in the record) and raises only if a whole epoch is.
+        divergence: when a finite loss counts as diverged, handled like a NaN (``on_nonfinite``): a
+            :class:`~pyro_vae.step.Divergence` or its factor (default 1000: a step's loss more than
+            1000 x max(|first loss|, |best loss|, values per data point) above the best loss so far,
+            in nats per data point; see that class for why); ``None`` (or 0) turns the check off.
         validate_steps: keep Pyro's distribution validation on in every step (slower).
         progress: a tqdm bar with the running ELBO.
 
@@ -280,6 +294,8 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, optim=None
     _refuse_replaced(removed)
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+    if divergence is not None and not isinstance(divergence, Divergence):
+        divergence = Divergence(divergence) if divergence is not False and divergence != 0 else None
     if epochs < 0 or (batch_size is not None and batch_size < 1) or val_every < 1:
         raise ValueError(f"need epochs >= 0, batch_size >= 1 and val_every >= 1; got epochs={epochs}, "
                          f"batch_size={batch_size}, val_every={val_every}")
@@ -346,6 +362,9 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, optim=None
         shards = distributed.ShardSampler(n, batch, seed=torch.initial_seed(), device=device)
         steps_per_epoch = shards.steps_per_epoch
         distributed.seed_rank(first_epoch)
+    if divergence is not None:  # every rank sees the same (all-reduced) loss, so all refuse together
+        divergence.start(tensors[0][0].numel(), step_losses)
+        stepper.accept = lambda total: divergence.accepts(total / n)
     step = (first_epoch - 1) * steps_per_epoch
     main = distributed.is_main()
     callbacks = list(callbacks) if main else []
@@ -364,7 +383,7 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, optim=None
             batches = [perm[lo:lo + batch] for lo in range(0, n, batch)]
         else:
             batches = shards.batches(epoch)
-        epoch_losses, skipped = [], 0
+        epoch_losses, skipped, diverged = [], 0, 0
         with pyro.validation_enabled(validate_steps):  # once for the epoch's steps, not per step
             for k, idx in enumerate(batches):
                 if scaler is not None:
@@ -373,17 +392,28 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, optim=None
                 step += 1
                 if step_loss is None:
                     if on_nonfinite == "stop":
+                        where = f"step {step} (epoch {epoch}, minibatch {k + 1} of {steps_per_epoch})"
+                        if stepper.refused == "diverged":
+                            raise TrainingDivergedError(
+                                f"training diverged at {where}: {divergence.describe(stepper.loss / n)}; the "
+                                f"weights keep their values from before this step. {_diverged_fix(current_lr(optim))}"
+                                f"{_SKIP_HINT}{_DIVERGENCE_OFF}", epoch, step)
                         raise TrainingDivergedError(
-                            f"the loss or a gradient became NaN/Inf at step {step} (epoch {epoch}, minibatch "
-                            f"{k + 1} of {steps_per_epoch}); the weights keep their values from before "
-                            f"this step. {_DIVERGED_HINT}{_SKIP_HINT}", epoch, step)
+                            f"the loss or a gradient became NaN/Inf at {where}; the weights keep their values "
+                            f"from before this step. {_DIVERGED_HINT}{_SKIP_HINT}", epoch, step)
                     skipped += 1
+                    diverged += stepper.refused == "diverged"
                     continue
                 epoch_losses.append(step_loss / n)
         if not epoch_losses:
-            raise TrainingDivergedError(f"every step of epoch {epoch} had a NaN/Inf loss or gradient and was "
-                                        f"skipped (steps {step - steps_per_epoch + 1}-{step}). {_DIVERGED_HINT}",
-                                        epoch, step)
+            what, fix = "a NaN/Inf loss or gradient", _DIVERGED_HINT
+            if diverged:
+                what = "a diverged loss (far outside the plausible range)"
+                if diverged < skipped:
+                    what += f" ({diverged} steps) or a NaN/Inf loss or gradient ({skipped - diverged} steps)"
+                fix = f"{_diverged_fix(current_lr(optim))}{_DIVERGENCE_OFF}"
+            raise TrainingDivergedError(f"every step of epoch {epoch} had {what} and was "
+                                        f"skipped (steps {step - steps_per_epoch + 1}-{step}). {fix}", epoch, step)
         step_losses.extend(epoch_losses)
         record = {"epoch": epoch, "train_elbo": -sum(epoch_losses) / len(epoch_losses),
                   "kl_weight": scaler.weight if scaler is not None else schedule.beta, "lr": current_lr(optim)}

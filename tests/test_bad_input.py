@@ -68,6 +68,11 @@ MATRIX = [
       "pass data with the training data's features"]),
     ("encode-shape-vs-checkpoint", ValueError, ["encode", "{d}/run", "{d}/wide.npy", "--out", "{d}/z.npy"], 1,
      ["rows of shape (7,) do not fit the model", "pass data with the training data's features"]),
+    # a finite loss exploding (issue #18); this run starts, writing its config.toml, hence an --out of its own
+    ("diverging-loss", FloatingPointError, [*TRAIN, "--data", "{d}/ok.npy", "--batch-size", "8", "--lr", "1e6",
+                                            "--out", "{d}/diverged"], 1,
+     ["training diverged at step 2 (epoch 1, minibatch 2 of 4)", "out of the plausible range for this data",
+      "lower the learning rate by 10x or more", "optim.clip_norm"]),
 ]
 
 
