@@ -33,8 +33,8 @@ from .importance import Evaluator
 from .models.base import Unsupported
 from .train import Callback, TrainingDivergedError, TrainState
 
-__all__ = ["RunRecorder", "ElboTerms", "TrainingInterrupted", "write_figures", "METRICS", "METRIC_KEYS",
-           "LOG_DENSITY_KEYS"]
+__all__ = ["RunRecorder", "ElboTerms", "TrainingInterrupted", "write_figures", "plan_figures", "FigurePlan",
+           "FIGURES", "METRICS", "METRIC_KEYS", "LOG_DENSITY_KEYS"]
 
 METRICS = "metrics.jsonl"
 METRIC_KEYS = ("epoch", "train_elbo", "val_elbo", "kl", "recon", "seconds")
@@ -182,15 +182,16 @@ class RunRecorder(Callback):
                 if self.saved_epoch is not None else "no checkpoint had been written yet")
         return TrainingDivergedError(f"{err} Nothing was saved from the diverged step: {kept}.", err.epoch, err.step)
 
-    def finish(self, model, splits, inputs: dict) -> dict:
-        """The final epoch saved, then the figures and the model's own artefacts; returns ``{name: path}``."""
+    def finish(self, model, splits, inputs: dict, figures: FigurePlan | None = None) -> dict:
+        """The final epoch saved, then the figures (``figures``: the plan made before training, default
+        :func:`plan_figures` of the data's shape) and the model's own artefacts; returns ``{name: path}``."""
         self._bar.close()
         self.save_latest()
         files = {"config": self.run_dir / CONFIG, "metrics": self.run_dir / METRICS,
                  "checkpoint": self.run_dir / CHECKPOINT}
         if (self.run_dir / BEST).exists():
             files["best"] = self.run_dir / BEST
-        files.update(write_figures(model, splits, self.records, self.run_dir))
+        files.update(write_figures(model, splits, self.records, self.run_dir, figures))
         files.update(model.artifacts(self.run_dir, splits, inputs))
         return files
 
@@ -212,60 +213,186 @@ def _kept_lines(path: Path, epoch: int) -> list[str]:
 
 # --------------------------------------------------------------------------- figures
 
-def write_figures(model, splits, history: list, run_dir) -> dict:
-    """ELBO curves, then what the model defines of: reconstructions, samples, latent map, interpolations.
+FIGURES = ("elbo", "reconstructions", "samples", "latent", "interpolation")  # each written as NAME.png
+FIGURE_NOTE = "figures.txt"  # the figures left out of a run, and why (written only when some were)
+_PICTURES = ("reconstructions", "samples", "interpolation")  # figures that draw data points
 
-    Held-out data (test, else validation, else training) with their labels; a
-    figure whose operation the model type does not define (:class:`Unsupported`) is left out.
+
+@dataclass(frozen=True)
+class FigurePlan:
+    """The figures a run writes, chosen from the shape of one data point before training (:func:`plan_figures`).
+
+    ``kind``: how a data point is drawn (:func:`pyro_vae.plots.figure_kind`): ``"image"`` grids, ``"features"``
+    heat maps, or ``None`` (no picture: only the ELBO curves and the latent map); ``figures``: the names
+    written (``NAME.png``), in order; ``skipped``: ``(name, reason)`` for each figure left out. A figure whose
+    operation the model type does not define (:class:`Unsupported`) is left out when it is drawn, with its reason.
+    """
+
+    data_shape: tuple[int, ...]
+    kind: str | None
+    figures: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def note(self, skipped=None) -> str:
+        """The text of ``figures.txt``: the figures written, then those left out (default ``skipped``) and why."""
+        skipped = list(self.skipped if skipped is None else skipped)
+        left_out = {name for name, _ in skipped}
+        written = [f"{name}.png" for name in self.figures if name not in left_out]
+        lines = [f"figures of data points of shape {list(self.data_shape)}",
+                 f"written: {', '.join(written) or 'none'}"]
+        by_reason: dict = {}
+        for name, reason in skipped:
+            by_reason.setdefault(reason, []).append(f"{name}.png")
+        lines += [f"left out: {', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+        return "\n".join(lines) + "\n"
+
+
+def plan_figures(data_shape) -> FigurePlan:
+    """Which figures a run on data points of shape ``data_shape`` writes; needs nothing but the shape, so a
+    run decides it before training and a finished run never fails on a figure its data cannot show.
+
+    ``[C, H, W]`` with C in {1, 3} and ``[H, W]``: image grids; ``[D]``: per-feature heat maps; any other
+    shape: ``elbo.png`` and ``latent.png`` only, the others named in the note with the reason.
+    """
+    shape = tuple(int(s) for s in data_shape)
+    kind = plots.figure_kind(shape)
+    if kind is not None:
+        return FigurePlan(shape, kind, FIGURES)
+    reason = (f"data points of shape {list(shape)} are neither images ({plots.IMAGE_SHAPES}) nor vectors [D], "
+              "so there is no picture of one to draw (`pyro-vae sample RUN --out FILE.npy` writes samples as an "
+              "array)")
+    return FigurePlan(shape, None, tuple(f for f in FIGURES if f not in _PICTURES),
+                      tuple((f, reason) for f in _PICTURES))
+
+
+def write_figures(model, splits, history: list, run_dir, plan: FigurePlan | None = None) -> dict:
+    """ELBO curves, then what the plan and the model define of: reconstructions, samples, latent map, interpolations.
+
+    ``plan``: the figures chosen before training (default: :func:`plan_figures` of the data's shape).
+    Held-out data (test, else validation, else training) with their labels. Images are enlarged to be
+    legible and framed by a title and a label per row (data or reconstruction, the class of a row of
+    samples, the endpoints of an interpolation); vectors are heat maps with labelled blocks of rows, on a
+    log colour scale for counts. Each figure left out, by the plan or because the model type does not
+    define its operation (:class:`Unsupported`), is named with the reason in ``figures.txt``.
     """
     run_dir = Path(run_dir)
-    x, labels = next(((getattr(splits, s), getattr(splits, f"{s}_labels")) for s in ("test", "val", "train")
-                      if len(getattr(splits, s))))
+    plan = plan_figures(splits.data_shape) if plan is None else plan
+    split, x, labels = next(((s, getattr(splits, s), getattr(splits, f"{s}_labels")) for s in ("test", "val", "train")
+                             if len(getattr(splits, s))))
     files = {"elbo": plots.plot_history(history, run_dir / "elbo.png")}
+    skipped = list(plan.skipped)
+    counts = plan.kind == "features" and plots.looks_like_counts(x)
+
+    def draw(images, name, nrow, title, row_labels):
+        path, images = run_dir / f"{name}.png", images.cpu()
+        if plan.kind == "image":
+            return plots.save_image_grid(images, path, nrow=nrow, min_size=32, title=title, row_labels=row_labels)
+        return plots.plot_feature_rows(images.reshape(len(images), -1), path, block=nrow, block_labels=row_labels,
+                                       title=title, log=counts)
 
     def figure(name, make):
+        if name not in plan.figures:
+            return
         try:
             files[name] = make()
-        except Unsupported:
-            pass
+        except Unsupported as err:
+            skipped.append((name, f"not defined for this model type: {err}"))
 
     width = min(8, len(x))
     originals = x[:min(32, len(x)) // width * width]  # whole rows only, so pairs line up
     shown_labels = None if labels is None else labels[:len(originals)]
-    figure("reconstructions", lambda: plots.save_image_grid(
-        _viewable(_interleave_rows(originals, model.reconstruct(originals, shown_labels).cpu(), width)),
-        run_dir / "reconstructions.png", nrow=width))
+
+    def reconstructions():
+        rows = []
+        for start in range(0, len(originals), width):
+            items = f"{start + 1}-{start + width}" if width > 1 else f"{start + 1}"
+            rows += [f"data {items}", f"reconstruction {items}"]
+        return draw(_interleave_rows(originals, model.reconstruct(originals, shown_labels).cpu(), width),
+                    "reconstructions", width, f"{split} data and their reconstructions", rows)
 
     def samples():
         grid = model.sample_grid(64)
-        return plots.save_image_grid(_viewable(grid.images.cpu()), run_dir / "samples.png", nrow=grid.nrow)
+        title = "samples: E[x | z], z ~ p(z)" if grid.row_labels is None else "samples, a row per label"
+        return draw(grid.images, "samples", grid.nrow, title, grid.row_labels)
 
+    figure("reconstructions", reconstructions)
     figure("samples", samples)
     n = min(len(x), 2000)
+    shown = None if labels is None else labels[:n]
     try:
-        z = model.posterior_mean(x[:n], None if labels is None else labels[:n]).cpu()
-    except Unsupported:
-        return files
-    files["latent"] = plots.plot_latent_map(z, None if labels is None else labels[:n], run_dir / "latent.png")
+        z = model.posterior_mean(x[:n], shown).cpu()
+    except Unsupported as err:
+        skipped += [(f, f"not defined for this model type: {err}") for f in ("latent", "interpolation")
+                    if f in plan.figures]
+        return _noted(files, plan, skipped, run_dir)
+    if "latent" in plan.figures:
+        files["latent"] = plots.plot_latent_map(z, shown, run_dir / "latent.png")
 
     def interpolation():
-        if n >= 2:
-            k = min(6, n // 2)
-            images = plots.interpolation_grid(model.decode, z[:k], z[k:2 * k], steps=10)
+        by_label = _decoder_takes_labels(model)
+        if by_label and shown is None:
+            raise Unsupported("its decoder takes each point's label, and these data have none")
+        pairs = _interpolation_pairs(n, shown if by_label else None)
+        if pairs is None:  # a single point (or no class with two): sweep each latent dimension around it
+            decode = model.decode
+            if by_label:
+                decode = lambda codes: model.decode(codes, shown[:1].expand(len(codes)))  # noqa: E731
+            rows = [f"z{i + 1}" for i in range(min(z.shape[1], 10))]  # traversal_grid's default dims
+            return draw(plots.traversal_grid(decode, z[0], steps=9), "interpolation", 9,
+                        f"each z_i from -3 to 3 around a {split} point's E_q[z | x]", rows)
+        starts, ends = pairs
+        if by_label:
+            row_context = shown[starts]
+            decode = lambda codes: model.decode(codes, row_context.repeat_interleave(10))  # noqa: E731
+            rows = [f"class {int(c)}" for c in row_context]
         else:
-            images = plots.traversal_grid(model.decode, z[0])
-        return plots.save_image_grid(_viewable(images.cpu()), run_dir / "interpolation.png", nrow=10)
+            decode = model.decode
+            rows = [f"{int(shown[i])} \u2192 {int(shown[j])}" if shown is not None else f"#{i} \u2192 #{j}"
+                    for i, j in zip(starts, ends)]
+        ends_at = "(left) to another's (right)" if plan.kind == "image" else "(top row) to another's (bottom row)"
+        title = f"from one {split} point's E_q[z | x] {ends_at}"
+        if by_label:
+            title += "\nof its class, decoded with it"
+        return draw(plots.interpolation_grid(decode, z[starts], z[ends], steps=10), "interpolation", 10, title, rows)
 
     figure("interpolation", interpolation)
+    return _noted(files, plan, skipped, run_dir)
+
+
+def _noted(files: dict, plan: FigurePlan, skipped: list, run_dir: Path) -> dict:
+    """``figures.txt`` naming the figures left out and why, where any were (a stale one removed)."""
+    note = run_dir / FIGURE_NOTE
+    if skipped:
+        files["figures"] = atomic_write_text(note, plan.note(skipped))
+    else:
+        note.unlink(missing_ok=True)
     return files
 
 
-def _viewable(images: torch.Tensor, min_size: int = 32) -> torch.Tensor:
-    """Tiny images ``[N, C, H, W]`` (8x8 digits) enlarged by pixel repetition so a grid is legible."""
-    if images.dim() != 4 or max(images.shape[-2:]) >= min_size:
-        return images
-    return torch.nn.functional.interpolate(images, scale_factor=-(-min_size // max(images.shape[-2:])),
-                                           mode="nearest")
+def _decoder_takes_labels(model) -> bool:
+    """Whether the model decodes ``z`` together with a label (M2's ``y``, the CVAE's ``c``): its
+    ``decoder_context`` refuses to go without one."""
+    try:
+        model.decoder_context()
+    except Unsupported:
+        return True
+    return False
+
+
+def _interpolation_pairs(n: int, labels: torch.Tensor | None, k: int = 6):
+    """``(starts, ends)``: indices of up to ``k`` pairs of points to interpolate between, or ``None`` if
+    there is no pair. With ``labels`` (a decoder that takes the label), both points of a pair share a class:
+    the first two points of each class."""
+    if labels is None:
+        k = min(k, n // 2)
+        return (list(range(k)), list(range(k, 2 * k))) if k else None
+    starts, ends = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero()[:, 0].tolist()
+        if len(idx) >= 2 and len(starts) < k:
+            starts.append(idx[0])
+            ends.append(idx[1])
+    return (starts, ends) if starts else None
 
 
 def _interleave_rows(a: torch.Tensor, b: torch.Tensor, width: int) -> torch.Tensor:

@@ -204,7 +204,8 @@ def _add_sample(commands) -> None:
         epilog="example:\n  pyro-vae sample runs/RUN -n 64 --out samples.png")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `pyro-vae train`")
     p.add_argument("-n", "--num", type=int, default=64, metavar="N", help="number of samples (default 64)")
-    p.add_argument("--out", default="samples.png", metavar="FILE", help="output .png or .npy (default samples.png)")
+    p.add_argument("--out", default="samples.png", metavar="FILE", help="output image (.png, or .jpg/.jpeg, written "
+                   "in that format; small images enlarged) or .npy (the array); default samples.png")
     p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of the mean E[x|z]")
     p.add_argument("--nrow", type=int, metavar="K", help="images per grid row (default: the model's grid, 8, or "
                    "a row per class for M2 and the CVAE)")
@@ -395,7 +396,8 @@ def _train_run(args, stop) -> int:
     notes = {"checkpoint": "weights, optimiser, RNG state (pyro-vae train --resume continues it)",
              "best": "the epoch with the best validation ELBO", "config": "resolved config: "
              f"pyro-vae train --config {result.files['config']} --out NEW_DIR repeats the run",
-             "metrics": "one JSON line per epoch", "accuracy": "test accuracy of the classifier q(y | x)"}
+             "metrics": "one JSON line per epoch", "accuracy": "test accuracy of the classifier q(y | x)",
+             "figures": "the figures left out of this run, and why"}
     for name, path in result.files.items():
         _say(args, f"  {path.name:<20} {notes.get(name, 'figure')}")
     return 0
@@ -435,19 +437,32 @@ def _evaluate(args) -> int:
 def _sample(args) -> int:
     import numpy as np
 
-    from .plots import save_image_grid
+    from .plots import figure_kind, image_path, save_image_grid
     from .run import sample_run
 
     if args.num < 1:
         raise ConfigError(f"-n must be >= 1, got {args.num}")
-    grid = sample_run(args.run_dir, args.num, mean=not args.draw, seed=args.seed, device=_device(args))
+    if args.nrow is not None and args.nrow < 1:
+        raise ConfigError(f"--nrow must be >= 1, got {args.nrow}")
     out = Path(args.out)
+    if out.suffix.lower() != ".npy":
+        try:
+            out = image_path(out)  # .png, .jpg or .jpeg: the format written is the one the name says
+        except ValueError as err:
+            raise ConfigError(f"--out {args.out}: {err}, or .npy for the array") from None
+    grid = sample_run(args.run_dir, args.num, mean=not args.draw, seed=args.seed, device=_device(args))
+    shape = tuple(grid.images.shape[1:])
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
+    if out.suffix.lower() == ".npy":
         np.save(out, grid.images.numpy())
     else:
-        out = save_image_grid(grid.images, out, nrow=args.nrow or grid.nrow)
-    print(f"wrote {len(grid.images)} samples of shape {tuple(grid.images.shape[1:])} to {out}")
+        if figure_kind(shape) is None:
+            raise ConfigError(f"--out {args.out}: samples of shape {list(shape)} are not images or vectors, so "
+                              "they have no picture; write them with --out FILE.npy")
+        nrow = args.nrow or grid.nrow
+        labels = grid.row_labels if nrow == grid.nrow else None  # a row per class only in the model's own layout
+        out = save_image_grid(grid.images, out, nrow=nrow, min_size=32, row_labels=labels)
+    print(f"wrote {len(grid.images)} samples of shape {shape} to {out}")
     return 0
 
 

@@ -34,7 +34,8 @@ import torch
 from . import build, distributed
 from ._registry import MODELS
 from ._io import atomic_write_text
-from .artifacts import METRIC_KEYS, METRICS, ElboTerms, RunRecorder, TrainingInterrupted, write_figures
+from .artifacts import (METRIC_KEYS, METRICS, ElboTerms, FigurePlan, RunRecorder, TrainingInterrupted, plan_figures,
+                        write_figures)
 from .checkpoint import CHECKPOINT, FORMAT, load_preprocessing, load_run, versions
 from .config import Config, DataConfig, OutputConfig, apply_overrides
 from .data import DataSplits, Preprocessing, load_data_file, load_dataset
@@ -166,7 +167,7 @@ def _prepare(config: Config, splits: DataSplits, model) -> _Run:
         if inputs[split] is not None:
             model.check_data(inputs[split][0])  # NaN, shape, the likelihood's support
     return _Run(config, splits, model, build.training(config, model), inputs, batch_size,
-                data_units(model, inputs["train"], splits.preprocessing))
+                data_units(model, inputs["train"], splits.preprocessing), plan_figures(splits.data_shape))
 
 
 def _info(run: _Run) -> dict:
@@ -190,6 +191,7 @@ def train_run(config: Config, *, progress: bool = True, stop: threading.Event | 
     config = dataclasses.replace(config, model=model_config)  # label counts from the data, saved with the run
     model.to(device)
     run = _prepare(config, splits, model)
+    figures: FigurePlan  # chosen from the data's shape before training: no finished run fails on a figure
     model.init_from_data(splits.train)
     recorder = RunRecorder(run_dir, _info(run), checkpoint_every=config.train.checkpoint_every,
                            log_jacobian=run.units.log_jacobian, epochs=config.train.epochs, progress=progress)
@@ -233,6 +235,8 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
     train_transform = None
     if run.splits.preprocessing.binarize == "dynamic":  # a fresh binarisation of the training split each epoch
         train_transform = lambda x: run.splits.train_epoch().to(x.device)  # noqa: E731
+    if run.figures.skipped:
+        say("note: " + run.figures.note().splitlines()[-1])
     try:
         result = fit(run.model, run.inputs["train"], epochs=config.train.epochs,
                      batch_size=run.batch_size, optim=t.optim, objective=t.objective,
@@ -242,7 +246,7 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
                      divergence=t.divergence, progress=False)
         if result.interrupted:  # a stop request whose KeyboardInterrupt was lost
             raise KeyboardInterrupt
-        files = recorder.finish(run.model, run.splits, run.inputs) if distributed.is_main() else {}
+        files = recorder.finish(run.model, run.splits, run.inputs, run.figures) if distributed.is_main() else {}
     except KeyboardInterrupt:
         raise recorder.interrupted() from None
     except TrainingDivergedError as err:
@@ -340,7 +344,7 @@ def sample_run(run_dir, n: int = 64, *, mean: bool = True, seed: int | None = No
     pyro.set_rng_seed(config.train.seed if seed is None else seed)
     with _model_type(config):
         grid = model.sample_grid(n, mean=mean)
-    return SampleGrid(grid.images.cpu(), grid.nrow)
+    return grid._replace(images=grid.images.cpu())
 
 
 def encode_run(run_dir, data_file, *, batch_size: int = 1024, device="cpu") -> torch.Tensor:

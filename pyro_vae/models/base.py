@@ -50,7 +50,7 @@ The contract, member by member:
                             ``(x, labels)`` (M2 hides held-out labels and keeps ``labelled``)
 ``posterior_mean``          ``E_q[z | x]``, ``[N, latent_dim]``: what ``pyro-vae encode`` writes
 ``decode``, ``reconstruct``  ``E[x | z]`` and ``E[x | posterior mean]`` (figures)
-``sample``, ``sample_grid``  draws from ``p(x)``; the grid a run shows (a row per class for M2)
+``sample``, ``sample_grid``  draws from ``p(x)``; the grid a run shows (a labelled row per class for M2)
 ``artifacts``               extra files a finished run writes (M2: ``accuracy.json``)
 ``from_config``             the model from the ``[model]`` keys of a config
 ``complete_options``        options filled in from the data's labels (``n_classes``)
@@ -102,11 +102,16 @@ class Unsupported(ValueError):
 
 
 class SampleGrid(NamedTuple):
-    """What a model generates, laid out for a figure: ``images: [N, *data_shape]``, ``nrow`` items a row."""
+    """What a model generates, laid out for a figure: ``images: [N, *data_shape]``, ``nrow`` items a row.
+
+    ``row_labels``: one label per row of ``nrow`` items, which the figure prints beside it (the class each
+    row was generated for: ``"y = 3"``), or ``None`` where the rows are not different conditions.
+    """
 
     images: torch.Tensor
     nrow: int
 
+    row_labels: tuple[str, ...] | None = None
 
 def _shape(s) -> tuple[int, ...]:
     return (int(s),) if isinstance(s, int) else tuple(int(v) for v in s)

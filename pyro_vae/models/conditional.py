@@ -163,12 +163,13 @@ class CVAE(Model):
 
     @torch.no_grad()
     def sample_grid(self, n: int = 64, mean: bool = True) -> SampleGrid:
-        """A row per class for a label CVAE, ``min(10, n // n_classes)`` (at least 1) draws each."""
+        """A row per class for a label CVAE, ``min(10, n // n_classes)`` (at least 1) draws each, labelled
+        ``"c = k"``."""
         if self.n_classes is None:
             raise Unsupported("a CVAE on a general context tensor has no class grid; call model.sample(c)")
         per = max(1, min(10, n // self.n_classes))
         labels = torch.arange(self.n_classes).repeat_interleave(per)
-        return SampleGrid(self.sample(labels, mean=mean), per)
+        return SampleGrid(self.sample(labels, mean=mean), per, tuple(f"c = {k}" for k in range(self.n_classes)))
 
     @torch.no_grad()
     def sample(self, c, num_samples: int = 1, mean: bool = True):

@@ -206,10 +206,11 @@ class SSVAE(Model):
 
     @torch.no_grad()
     def sample_grid(self, n: int = 64, mean: bool = True) -> SampleGrid:
-        """A row per class, ``min(10, n // n_classes)`` (at least 1) draws each."""
+        """A row per class, ``min(10, n // n_classes)`` (at least 1) draws each, labelled ``"y = k"``."""
         per = max(1, min(10, n // self.n_classes))
         labels = torch.arange(self.n_classes).repeat_interleave(per)
-        return SampleGrid(self.sample(len(labels), y=labels, mean=mean), per)
+        return SampleGrid(self.sample(len(labels), y=labels, mean=mean), per,
+                          tuple(f"y = {k}" for k in range(self.n_classes)))
 
     # ----------------------------------------------------------------- the data of a split, artefacts
     def split_inputs(self, x, labels=None, *, split="train", labelled=None, seed=0):
