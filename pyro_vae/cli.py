@@ -380,7 +380,7 @@ def _train_run(args, stop) -> int:
         _say(args, f"training: {config.data.source}, model {m.type}, prior {m.label('prior')}, likelihood "
                    f"{m.label('likelihood')}, net {m.label('net')}, latent_dim {m.latent_dim}, "
                    f"{config.train.epochs} epochs on {config.train.device} (seed {config.train.seed})", *notes)
-        result = train_run(config, progress=not args.quiet, stop=stop)
+        result = train_run(config, progress=not args.quiet, stop=stop, say=lambda text: _say(args, text))
     from .distributed import is_main
 
     if not is_main():  # a multi-process run: rank 0 reports
@@ -498,6 +498,9 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     tune_allocator()  # this process is ours: keep each step's large buffers in the heap (pyro_vae.allocator)
+    from . import plugins
+
+    plugins.load_entry_points()  # installed plugins before --plugin and a config's plugins, which may replace them
     try:
         return args.run(args)
     except Exception as err:
@@ -513,9 +516,6 @@ def main(argv=None) -> int:
         print(f"{PROG} {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
 
-    from . import plugins
-
-    plugins.load_entry_points()  # installed plugins before --plugin and a config's plugins, which may replace them
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

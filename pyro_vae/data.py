@@ -99,7 +99,11 @@ _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmni
 
 def load_torchvision(name: str, root, download: bool = False, train: bool = True) -> tuple[Tensor, Tensor]:
     """MNIST / Fashion-MNIST / KMNIST official train or test set: x [N, 1, 28, 28] float32 raw
-    0..255, labels [N]. Files live under ``root/<ClassName>/raw``."""
+    0..255, labels [N]. Files live under ``root/<ClassName>/raw``.
+
+    Without ``download``, the raw ``.gz`` archives found there are verified (MD5) and
+    unpacked by torchvision's own utilities, so no network is needed; a missing file is named.
+    """
     import torchvision.datasets as tvd
 
     key = name.lower().replace("_", "-")
@@ -108,17 +112,42 @@ def load_torchvision(name: str, root, download: bool = False, train: bool = True
                          + did_you_mean(key, _TORCHVISION_CLASSES))
     cls = getattr(tvd, _TORCHVISION_CLASSES[key])
     root = Path(root).expanduser()
+    missing = [] if download else _unpack_archives(cls, root)
+    if missing:
+        raise FileNotFoundError(
+            f"{key} not found under {root}: {'; '.join(missing)} (expected in {root / cls.__name__ / 'raw'}); "
+            "put the archives there, or pass --download (download=True) to fetch them")
     try:
         ds = cls(str(root), train=train, download=download)
     except RuntimeError as err:
         if download or "not found" not in str(err).lower():
             raise
-        raise FileNotFoundError(
-            f"{key} not found under {root} (expected the files in "
-            f"{root / cls.__name__ / 'raw'}); pass --download (or download=True) to fetch it"
-        ) from err
+        raise FileNotFoundError(f"{key} not found under {root / cls.__name__ / 'raw'}; pass --download "
+                                "(or download=True) to fetch it") from err
     x = ds.data.unsqueeze(1).to(torch.float32)  # no PIL: read the uint8 tensor directly
     return x, ds.targets.clone().long()
+
+
+def _unpack_archives(cls, root: Path) -> list[str]:
+    """Unpack the raw archives of a torchvision dataset class that are present and verify; what is missing."""
+    from torchvision.datasets.utils import check_integrity, extract_archive
+
+    raw, missing = root / cls.__name__ / "raw", []
+    for filename, md5 in cls.resources:
+        archive, unpacked = raw / filename, raw / Path(filename).stem
+        if unpacked.is_file():
+            continue
+        if not archive.is_file():
+            missing.append(f"missing {filename}")
+        elif not check_integrity(str(archive), md5):
+            missing.append(f"{filename} is damaged (its MD5 checksum does not match; download it again)")
+        else:
+            try:
+                extract_archive(str(archive), str(raw))
+            except OSError as err:
+                raise OSError(f"cannot unpack {archive} ({err.strerror or err}); copy the archives to a writable "
+                              "--data-dir") from err
+    return missing
 
 
 def _digits_source(root: Path, download: bool):

@@ -22,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import pyro
 import torch
@@ -37,7 +39,7 @@ from ._io import atomic_write_text
 from .artifacts import (METRIC_KEYS, METRICS, ElboTerms, FigurePlan, RunRecorder, TrainingInterrupted, plan_figures,
                         write_figures)
 from .checkpoint import CHECKPOINT, FORMAT, load_preprocessing, load_run, versions
-from .config import Config, DataConfig, OutputConfig, apply_overrides
+from .config import Config, ConfigError, DataConfig, OutputConfig, apply_overrides
 from .data import DataSplits, Preprocessing, load_data_file, load_dataset
 from .evaluate import Units, data_units, elbo, iwae_log_likelihood
 from .importance import Evaluator
@@ -130,6 +132,43 @@ def _run_dir(config: Config) -> Path:
     return run_dir
 
 
+_BYTES_PER_PARAMETER = 16  # a float32 weight, its gradient and Adam's two moments
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new model on ``device`` now, where that can be read (Linux, CUDA), else ``None``."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _check_size(config: Config, splits: DataSplits, device: torch.device, say: Callable[[str], None]) -> None:
+    """Refuse a model too large for the device before any of it is allocated, and note a latent space larger
+    than the data. The model is built on torch's meta device (shapes, no memory) to count its parameters."""
+    d, latent = math.prod(splits.data_shape), config.model.latent_dim
+    if latent > d:
+        say(f"note: model.latent_dim {latent} exceeds the data's {d} values per point: the extra latent "
+            f"dimensions cannot carry information and slow training; a latent_dim below {d} is usual")
+    try:
+        with torch.device("meta"):
+            meta, _ = build.model(config.model, splits.data_shape, splits.train_labels)
+    except (ConfigError, Unsupported):
+        raise
+    except Exception:  # a model type that cannot be built without memory: its own build decides
+        return
+    count = sum(p.numel() for p in meta.parameters())
+    need, free = count * _BYTES_PER_PARAMETER, _available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(f"model: {count:,} parameters need about {need / 2 ** 30:,.1f} GiB with their gradients "
+                          f"and Adam's state, and {device} has {free / 2 ** 30:,.1f} GiB free; lower "
+                          f"model.latent_dim ({latent}) or the hidden sizes of model.net")
+
+
 @contextlib.contextmanager
 def _model_type(config: Config):
     """An :class:`Unsupported` operation names the run's model type."""
@@ -152,6 +191,7 @@ class _Run:
     inputs: dict  # split -> the tensors model and guide take (None for an empty split)
     batch_size: int
     units: Units
+    figures: FigurePlan  # chosen from the data's shape before training: no finished run fails on a figure
 
 
 def _prepare(config: Config, splits: DataSplits, model) -> _Run:
@@ -176,10 +216,12 @@ def _info(run: _Run) -> dict:
             "preprocess": run.splits.preprocessing.state(), "versions": versions()}
 
 
-def train_run(config: Config, *, progress: bool = True, stop: threading.Event | None = None) -> RunResult:
+def train_run(config: Config, *, progress: bool = True, stop: threading.Event | None = None,
+              say: Callable[[str], None] | None = None) -> RunResult:
     """Train the model ``config`` describes and write its run directory (see the module docstring).
 
     ``stop``: an event that, once set, ends training after the epoch in flight (as Ctrl-C does).
+    ``say``: where notes about the settings go (the CLI prints them; default: ``warnings.warn``).
     """
     config, _ = resolve_config(config)
     device = resolve_device(config.train.device)
@@ -187,11 +229,14 @@ def train_run(config: Config, *, progress: bool = True, stop: threading.Event | 
     config = dataclasses.replace(config, output=OutputConfig(run_dir=str(run_dir)))
     pyro.set_rng_seed(config.train.seed)  # before the weights are drawn; fit(seed=None) leaves the RNG alone
     splits = load_splits(config.data, config.train.seed)
+    say = say or (lambda text: warnings.warn(text, UserWarning, stacklevel=3))
+    _check_size(config, splits, device, say)
     model, model_config = build.model(config.model, splits.data_shape, splits.train_labels)
     config = dataclasses.replace(config, model=model_config)  # label counts from the data, saved with the run
     model.to(device)
     run = _prepare(config, splits, model)
-    figures: FigurePlan  # chosen from the data's shape before training: no finished run fails on a figure
+    if run.figures.skipped:
+        say("note: " + run.figures.note().splitlines()[-1])
     model.init_from_data(splits.train)
     recorder = RunRecorder(run_dir, _info(run), checkpoint_every=config.train.checkpoint_every,
                            log_jacobian=run.units.log_jacobian, epochs=config.train.epochs, progress=progress)
@@ -235,8 +280,6 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
     train_transform = None
     if run.splits.preprocessing.binarize == "dynamic":  # a fresh binarisation of the training split each epoch
         train_transform = lambda x: run.splits.train_epoch().to(x.device)  # noqa: E731
-    if run.figures.skipped:
-        say("note: " + run.figures.note().splitlines()[-1])
     try:
         result = fit(run.model, run.inputs["train"], epochs=config.train.epochs,
                      batch_size=run.batch_size, optim=t.optim, objective=t.objective,

@@ -98,7 +98,8 @@ _COMPONENTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "net": NETS}
 
 
 class Unsupported(ValueError):
-    """An operation this model type does not define (e.g. encoding without the context it needs)."""
+    """An operation this model type does not define, or not with these settings (encoding without the
+    context it needs; M2 without data.labelled). The CLI exits with status 2, as for a configuration error."""
 
 
 class SampleGrid(NamedTuple):
@@ -110,8 +111,8 @@ class SampleGrid(NamedTuple):
 
     images: torch.Tensor
     nrow: int
-
     row_labels: tuple[str, ...] | None = None
+
 
 def _shape(s) -> tuple[int, ...]:
     return (int(s),) if isinstance(s, int) else tuple(int(v) for v in s)

@@ -222,8 +222,8 @@ class SSVAE(Model):
         if labels is None:
             raise Unsupported("M2 trains on labels: this data set has none; use a labelled data set")
         if labelled is None:
-            raise ValueError("model type 'm2' needs data.labelled: how many training points keep their label "
-                             "(e.g. `labelled = 100`, balanced over classes); the rest are unlabelled")
+            raise Unsupported("M2 needs data.labelled: how many training points keep their label (--labelled 100 "
+                              "or `labelled = 100` in [data], balanced over classes); the rest are unlabelled")
         return x, balanced_labels(labels, labelled, seed)
 
     def artifacts(self, run_dir, splits, inputs):
