@@ -1,6 +1,8 @@
 """The README stays true: its table names every registered component, and its commands match CI."""
 
 import re
+import subprocess
+import sys
 
 from conftest import REPO
 
@@ -41,3 +43,26 @@ def test_readme_model_type_table_lists_every_type_and_its_options():
         listed = set(re.findall(r"`([a-z_]+)`", rows[name])) - {"bottom-up", "ladder"}
         listed = {k for k in listed if not k.startswith("latent_dim ")}
         assert listed == set(ModelConfig.type_options(MODELS[name])), name
+
+
+_RUN_BLOCKS = """
+import re, sys, traceback
+text = open(sys.argv[1], encoding="utf-8").read()
+namespace = {"__name__": "__readme__"}
+for i, block in enumerate(re.findall(r"```python\\n(.*?)```", text, flags=re.S)):
+    try:
+        exec(compile(block, f"README.md python block {i}", "exec"), namespace)
+    except Exception:
+        traceback.print_exc()
+        sys.exit(f"README.md python block {i} failed:\\n{block}")
+print("ran", i + 1, "blocks")
+"""
+
+
+def test_every_python_block_of_the_readme_runs_as_pasted(tmp_path):
+    """The blocks run in order in one namespace, as a reader pastes them into one session."""
+    done = subprocess.run([sys.executable, "-c", _RUN_BLOCKS, str(REPO / "README.md")], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    blocks = re.findall(r"```python\n", (REPO / "README.md").read_text())
+    assert f"ran {len(blocks)} blocks" in done.stdout and len(blocks) >= 4
