@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file beside the target, fsync, ``os.replace``, fsync of the folder.
+"""Files that survive a kill: atomic writes (a temporary file beside the target, fsync, ``os.replace``,
+fsync of the folder) and the lock that keeps two processes out of one run directory.
 
 A process killed at any moment leaves either the old file or the new one at
 the path, never a mixture, and removes its temporary file when it can.
@@ -6,8 +7,11 @@ the path, never a mixture, and removes its temporary file when it can.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -48,3 +52,99 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class RunInUse(OSError):
+    """Another process holds the run directory's lock (it is training or resuming into it)."""
+
+
+class RunLock:
+    """An OS file lock on a run directory, held while one process writes it and released on any exit.
+
+    ``flock`` on ``RUN_DIR/.lock``: the kernel drops the lock when its process dies, however it dies, so the
+    file a killed process leaves behind stops no one (where ``fcntl`` is missing, the file is created
+    exclusively and a holder that is no longer alive counts as gone). The file records who holds it, so a
+    refusal can name the process; it is removed on release.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / self.NAME
+        self._fh = None
+
+    def acquire(self, what: str = "pyro-vae") -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            fcntl = None
+        if fcntl is None:  # pragma: no cover - Windows
+            self._acquire_exclusive()
+        else:
+            fh = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = ""
+                for _ in range(20):  # the holder writes who it is just after it locks: give it a moment
+                    fh.seek(0)
+                    holder = fh.read().strip()
+                    if holder:
+                        break
+                    time.sleep(0.05)
+                fh.close()
+                raise RunInUse(self._refusal(holder)) from None
+            self._fh = fh
+        self._write(what)
+        return self
+
+    def _acquire_exclusive(self) -> None:  # pragma: no cover - Windows
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = self.path.read_text(encoding="utf-8").strip()
+            if _alive(holder):
+                raise RunInUse(self._refusal(holder)) from None
+            self.path.unlink(missing_ok=True)  # a stale lock of a process that is gone
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        self._fh = os.fdopen(fd, "w", encoding="utf-8")
+
+    def _write(self, what: str) -> None:
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": what,
+                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        self._fh.flush()
+
+    def _refusal(self, holder: str) -> str:
+        try:
+            who = json.loads(holder)
+            by = f"process {who['pid']} on {who['host']} ({who['command']}, since {who['since']})"
+        except (ValueError, KeyError, TypeError):
+            by = "another process"
+        return (f"{self.path.parent} is in use by {by}: wait for it to finish, or choose another run directory "
+                "with --out")
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        self.path.unlink(missing_ok=True)  # before unlocking: a waiting process then makes a fresh file
+        self._fh.close()  # closing drops the lock
+        self._fh = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _alive(holder: str) -> bool:  # pragma: no cover - Windows
+    try:
+        os.kill(int(json.loads(holder)["pid"]), 0)
+    except (ValueError, KeyError, TypeError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

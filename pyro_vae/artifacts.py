@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import plots
-from ._io import atomic_write_text
+from ._io import RunInUse, RunLock, atomic_write_text
 from .checkpoint import BEST, CHECKPOINT, CONFIG, save_checkpoint
 from .config import Config
 from .evaluate import elbo_decomposition
@@ -96,7 +96,7 @@ class RunRecorder(Callback):
     Args:
         run_dir: the run directory.
         info: what every checkpoint holds besides the training state (format, data_shape,
-            config, preprocess, versions).
+            config with the run's identity in its ``[run]``, preprocess, versions).
         checkpoint_every: epochs between ``checkpoint.pt`` writes (0: only at the end).
         log_jacobian: added to the log-densities written (the user's units).
         saved_epoch: the epoch ``checkpoint.pt`` holds already (a resumed run), or ``None``.
@@ -107,22 +107,38 @@ class RunRecorder(Callback):
                  saved_epoch: int | None = None, epochs: int = 0, progress: bool = False):
         self.run_dir, self.info, self.every = Path(run_dir), info, int(checkpoint_every)
         self.log_jacobian, self.saved_epoch = float(log_jacobian), saved_epoch
+        self.run_id = info.get("config", {}).get("run", {}).get("id")
         self.kept: _Kept | None = None
-        self._lines = tuple(_kept_lines(self.run_dir / METRICS, saved_epoch or 0))
+        self._lines = tuple(_kept_lines(self.run_dir / METRICS, saved_epoch or 0, self.run_id))
+        self._lock = RunLock(self.run_dir)
         self._bar = tqdm(total=epochs, initial=saved_epoch or 0, desc="epochs", unit="epoch", leave=False,
                          disable=not progress)
 
     # ----------------------------------------------------------------- the run directory
-    def open(self, config: Config) -> None:
-        """Create the run directory with ``config.toml`` (and the metrics a resumed run keeps)."""
+    def open(self, config: Config, command: str = "pyro-vae train") -> None:
+        """Lock the run directory for this process (:class:`~pyro_vae._io.RunLock`; another process training
+        into it is refused, naming it), then write ``config.toml`` (and the metrics a resumed run keeps).
+        :meth:`close` releases the lock."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(self.run_dir / CONFIG)
+            self._lock.acquire(command)
+        except RunInUse:
+            raise
         except OSError as err:
             raise OSError(f"cannot write the run directory {str(self.run_dir)!r} ({err.strerror or err}); choose "
                           "a writable place with --out (output.run_dir)") from err
+        if self.saved_epoch is None and (self.run_dir / CHECKPOINT).exists():  # a run finished there meanwhile
+            self.close()
+            raise FileExistsError(f"{self.run_dir} already holds a run ({CHECKPOINT}); choose another directory "
+                                  "with --out (or output.run_dir) so it is not overwritten")
+        config.save(self.run_dir / CONFIG)
         if self.saved_epoch is not None:
             atomic_write_text(self.run_dir / METRICS, "".join(self._lines))
+
+    def close(self) -> None:
+        """Release the run directory (however training ended)."""
+        self._bar.close()
+        self._lock.release()
 
     @property
     def records(self) -> list[dict]:
@@ -152,6 +168,8 @@ class RunRecorder(Callback):
             if line.get(key) is not None:
                 line[key] += self.log_jacobian
         line["log_jacobian"] = self.log_jacobian
+        if self.run_id is not None:
+            line["run_id"] = self.run_id
         return line
 
     def _payload(self, state: TrainState) -> dict:
@@ -196,8 +214,9 @@ class RunRecorder(Callback):
         return files
 
 
-def _kept_lines(path: Path, epoch: int) -> list[str]:
-    """The metrics lines up to ``epoch`` (a resumed run's checkpoint); a line cut short by a kill is dropped."""
+def _kept_lines(path: Path, epoch: int, run_id: str | None = None) -> list[str]:
+    """The metrics lines up to ``epoch`` (a resumed run's checkpoint); a line cut short by a kill is dropped,
+    and lines written by another run (a different ``run_id``) are refused."""
     if not epoch or not path.exists():
         return []
     kept = []
@@ -206,6 +225,11 @@ def _kept_lines(path: Path, epoch: int) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError:  # the process died while writing this line
             continue
+        other = record.get("run_id")
+        if run_id is not None and other is not None and other != run_id:
+            raise ValueError(f"{path}: its lines belong to run {other}, but {path.parent / CHECKPOINT} to run "
+                             f"{run_id}: the files of two runs were mixed; put back this run's own metrics.jsonl "
+                             "(or remove it) to resume")
         if record.get("epoch", epoch + 1) <= epoch:
             kept.append(line + "\n")
     return kept

@@ -36,11 +36,11 @@ import torch
 
 from . import build
 from ._io import atomic_write
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .data import Preprocessing
 
 __all__ = ["CHECKPOINT", "BEST", "CONFIG", "FORMAT", "save_checkpoint", "load_checkpoint", "load_run_checkpoint",
-           "versions", "load_run", "load_preprocessing"]
+           "versions", "load_run", "load_preprocessing", "check_identity"]
 
 CHECKPOINT = "checkpoint.pt"  # the last saved epoch of a run
 BEST = "best.pt"  # the epoch with the best validation ELBO (written when early stopping is on)
@@ -144,6 +144,7 @@ def load_run(run_dir, checkpoint: str = CHECKPOINT, map_location="cpu"):
         raise FileNotFoundError(f"{run_dir} holds no {checkpoint}; is it a pyro-vae run directory?")
     payload = load_run_checkpoint(path, map_location=map_location)
     config = Config.from_dict(payload["config"])
+    check_identity(run_dir, path, config)
     model, _ = build.model(config.model, payload["data_shape"])
     try:
         model.load_state_dict(payload["model"])
@@ -154,6 +155,29 @@ def load_run(run_dir, checkpoint: str = CHECKPOINT, map_location="cpu"):
     model.to(map_location)
     model.eval()
     return model, config, payload
+
+
+def check_identity(run_dir: Path, path: Path, config: Config) -> None:
+    """Refuse a checkpoint whose run is not the one ``config.toml`` beside it describes (a file copied from
+    another run): the run ids differ, or the settings do (compared by ``Config.config_hash``; a run of
+    0.1.0 has no id, so only its settings are compared)."""
+    saved = run_dir / CONFIG
+    if not saved.is_file():
+        return
+    try:
+        beside = load_config(saved)
+    except ConfigError as err:
+        raise ValueError(f"{saved} cannot be read ({err}); restore this run's own config.toml, or remove it: "
+                         f"{path.name} holds the run's settings") from err
+    ids = (config.run.id, beside.run.id)
+    hashes = (config.config_hash(), beside.config_hash())
+    if (None not in ids and ids[0] != ids[1]) or hashes[0] != hashes[1]:
+        def who(run, digest):
+            return f"run {run} (settings {digest})" if run else f"a run with settings {digest}"
+        raise ValueError(f"{run_dir}: its files belong to different runs: {path.name} is {who(ids[0], hashes[0])}, "
+                         f"config.toml is {who(ids[1], hashes[1])}; a file was copied from another run or edited. "
+                         "Put back this run's own files, or start a new run from either config with "
+                         "pyro-vae train --config FILE --out NEW_DIR")
 
 
 def load_preprocessing(payload: dict, config: Config) -> Preprocessing:

@@ -373,7 +373,8 @@ def _train_run(args, stop) -> int:
     if args.resume:
         epochs = _resume_settings(args)
         _say(args, f"resuming {args.resume}" + (f" up to epoch {epochs}" if epochs else ""))
-        result = resume_run(args.resume, epochs=epochs, progress=not args.quiet, stop=stop)
+        result = resume_run(args.resume, epochs=epochs, progress=not args.quiet, stop=stop,
+                            say=lambda text: _say(args, text))
     else:
         config, notes = resolve_config(train_config(args))
         m = config.model
@@ -428,6 +429,8 @@ def _evaluate(args) -> int:
     if "khat_fraction_above_0_7" in report:
         print(f"PSIS: {report['khat_fraction_above_0_7']:.1%} of points have k-hat > 0.7; plot {report['khat_plot']}")
     print(f"units: {report['units']}")
+    for note in report.get("notes", []):
+        print(f"note: {note}")
     if report.get("clamped_values"):
         print(f"note: {report['clamped_values']} values lay outside the training range and were clamped into "
               "[0, 1]; the log-Jacobian does not hold for them")

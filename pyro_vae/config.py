@@ -11,6 +11,7 @@
     [train]     epochs, seed, device, val_every, checkpoint_every, early_stopping, min_delta, on_nonfinite,
                 divergence
     [output]    run_dir
+    [run]       id, config_hash: the identity of a run, written by the run itself (never a setting)
 
 ``load_config(path)`` / ``Config.from_dict(d)`` validate into typed objects and
 raise :class:`ConfigError` (a ``ValueError``) naming the full key, e.g.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import re
 import sys
@@ -47,7 +49,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
-    "Config", "DataConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig", "OutputConfig",
+    "Config", "DataConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig", "OutputConfig", "RunInfo",
     "ConfigError", "load_config", "apply_overrides", "config_key",
 ]
 
@@ -74,6 +76,8 @@ def config_key(key: str):
 @dataclass
 class DataConfig:
     source: str = "digits"  # a name in pyro_vae.data.DATASETS, or a path to a .npy/.npz/.csv/.pt file
+    # a file source's absolute path, stored by the run beside the path as given (found again from anywhere)
+    source_path: str | None = None
     data_dir: str | None = None  # torchvision datasets live here (unset: $PYRO_VAE_DATA_DIR or ~/.cache/pyro_vae)
     download: bool = False  # let torchvision fetch missing datasets
     # none | scale ([0, 1]) | binarize | dynamic-binarize | standardize; unset: the likelihood's own default
@@ -269,8 +273,19 @@ class OutputConfig:
     run_dir: str | None = None  # unset: runs/<source>-<prior>-<likelihood>-<timestamp>
 
 
+@dataclass
+class RunInfo:
+    """Which run a run directory's files belong to: written by the run into config.toml, the checkpoint and
+    each metrics line, and compared when the run is resumed or evaluated. A new run gets a new ``id``."""
+
+    id: str | None = None
+    config_hash: str | None = None  # config_hash(config) of the settings the run trained with
+
+
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig,
-             "optim": OptimConfig, "train": TrainConfig, "output": OutputConfig}
+             "optim": OptimConfig, "train": TrainConfig, "output": OutputConfig, "run": RunInfo}
+# what a run's identity leaves out: where things are and how long it trains, which a resume may change
+_NOT_IDENTITY = {"output": None, "run": None, "train": ("epochs",), "data": ("data_dir", "download", "source_path")}
 
 
 @dataclass
@@ -283,6 +298,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    run: RunInfo = field(default_factory=RunInfo)
     # modules (or .py paths) that register components, imported before the sections are checked;
     # a run stores them, so evaluate and --resume find a custom prior or model type again
     plugins: list = field(default_factory=list)
@@ -318,8 +334,21 @@ class Config:
             extra = getattr(part, "_extra", None)
             if extra:
                 table.update(table.pop(extra))
-            out[name] = table
+            if table or name != "run":  # a config that no run has written has no [run]
+                out[name] = table
         return out
+
+    def config_hash(self) -> str:
+        """A short hash of the settings that define what the run trains: the same for a resume with more
+        epochs or the data in another folder, different for any other setting."""
+        raw = self.to_dict()
+        for section, keys in _NOT_IDENTITY.items():
+            if keys is None:
+                raw.pop(section, None)
+            else:
+                for key in keys:
+                    raw.get(section, {}).pop(key, None)
+        return hashlib.sha256(json.dumps(raw, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     def to_toml(self) -> str:
         """TOML text that :func:`load_config` reads back into an equal ``Config``."""

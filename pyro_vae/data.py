@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ._registry import PREPROCESSINGS, did_you_mean
 
-__all__ = ["DataSplits", "Preprocessing", "load_dataset", "load_file", "load_data_file", "load_digits",
+__all__ = ["DataSplits", "Preprocessing", "load_dataset", "load_file", "load_data_file", "load_digits", "source_file",
            "load_torchvision", "as_tensors", "fit_preprocessing", "DATASETS", "PREPROCESS", "PREPROCESSINGS",
            "SUPPORTED_SUFFIXES", "DEFAULT_DATA_DIR"]
 
@@ -445,6 +445,14 @@ def as_tensors(data) -> tuple:
     if len(sizes) != 1:
         raise ValueError(f"data tensors must share their first dimension, got sizes {[t.shape[0] for t in tensors]}")
     return tensors
+
+
+def source_file(source: str) -> Path | None:
+    """The file a ``data.source`` names (as given, not yet resolved), or ``None`` for a built-in data set."""
+    source = str(source)
+    if source.lower().replace("_", "-") in DATASETS and not Path(source).is_file():
+        return None
+    return Path(source).expanduser()
 
 
 def load_dataset(source: str, *, data_dir=None, download: bool = False, preprocess: str = "scale",

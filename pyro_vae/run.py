@@ -25,6 +25,7 @@ import json
 import math
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,8 @@ from ._io import atomic_write_text
 from .artifacts import (METRIC_KEYS, METRICS, ElboTerms, FigurePlan, RunRecorder, TrainingInterrupted, plan_figures,
                         write_figures)
 from .checkpoint import CHECKPOINT, FORMAT, load_preprocessing, load_run, versions
-from .config import Config, ConfigError, DataConfig, OutputConfig, apply_overrides
-from .data import DataSplits, Preprocessing, load_data_file, load_dataset
+from .config import Config, ConfigError, DataConfig, OutputConfig, RunInfo, apply_overrides
+from .data import DataSplits, Preprocessing, load_data_file, load_dataset, source_file
 from .evaluate import Units, data_units, elbo, iwae_log_likelihood
 from .importance import Evaluator
 from .models.base import SampleGrid, Unsupported
@@ -80,6 +81,26 @@ def resolve_config(config: Config) -> tuple[Config, list[str]]:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, preprocess=name))
         notes.append(f"preprocess {name!r}: {reason} (choose another with --preprocess / data.preprocess)")
     return config, notes
+
+
+def locate_source(data: DataConfig, run_dir) -> tuple[DataConfig, str | None]:
+    """Where a saved run's data file is now: the absolute path the run stored, else the path as given
+    relative to the run directory, else relative to the current one. Returns the data config to load
+    from and a note when it was not the stored path (``None`` for a built-in data set, or found there)."""
+    if data.source_path is None:  # a built-in data set, or a run of 0.1.0: as given
+        return data, None
+    stored, given = Path(data.source_path), Path(data.source).expanduser()
+    if stored.is_file():
+        return dataclasses.replace(data, source=str(stored)), None
+    places = ([] if given.is_absolute() else [("relative to the run directory", Path(run_dir) / given)]) + [
+        ("relative to the current directory", given)]
+    for where, path in places:
+        if path.is_file():
+            return dataclasses.replace(data, source=str(path)), (
+                f"data: {path} ({where}; the path the run stored, {stored}, does not exist)")
+    tried = ", ".join(str(p) for _, p in places)
+    raise FileNotFoundError(f"{data.source}: no such data file: not at {stored}, where the run found it, nor at "
+                            f"{tried}; put it back, or give a file with --data")
 
 
 def load_splits(data: DataConfig, seed: int, preprocessing: Preprocessing | None = None) -> DataSplits:
@@ -227,12 +248,17 @@ def train_run(config: Config, *, progress: bool = True, stop: threading.Event | 
     device = resolve_device(config.train.device)
     run_dir = distributed.on_main(lambda: _run_dir(config))  # rank 0's choice (a timestamp) for every rank
     config = dataclasses.replace(config, output=OutputConfig(run_dir=str(run_dir)))
+    file = source_file(config.data.source)
+    if file is not None:  # found again from any directory (locate_source)
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source_path=str(file.resolve())))
     pyro.set_rng_seed(config.train.seed)  # before the weights are drawn; fit(seed=None) leaves the RNG alone
     splits = load_splits(config.data, config.train.seed)
     say = say or (lambda text: warnings.warn(text, UserWarning, stacklevel=3))
     _check_size(config, splits, device, say)
     model, model_config = build.model(config.model, splits.data_shape, splits.train_labels)
     config = dataclasses.replace(config, model=model_config)  # label counts from the data, saved with the run
+    run_id = distributed.on_main(lambda: uuid.uuid4().hex[:12])  # a new run: a new identity, whatever the config
+    config = dataclasses.replace(config, run=RunInfo(id=run_id, config_hash=config.config_hash()))
     model.to(device)
     run = _prepare(config, splits, model)
     if run.figures.skipped:
@@ -240,13 +266,11 @@ def train_run(config: Config, *, progress: bool = True, stop: threading.Event | 
     model.init_from_data(splits.train)
     recorder = RunRecorder(run_dir, _info(run), checkpoint_every=config.train.checkpoint_every,
                            log_jacobian=run.units.log_jacobian, epochs=config.train.epochs, progress=progress)
-    if distributed.is_main():  # only now: a run that cannot start leaves nothing behind
-        recorder.open(config)
     return _train(run, recorder, resume=None, stop=stop)
 
 
 def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True,
-               stop: threading.Event | None = None) -> RunResult:
+               stop: threading.Event | None = None, say: Callable[[str], None] | None = None) -> RunResult:
     """Continue a run from its ``checkpoint.pt``, to ``epochs`` in total (default: the run's own).
 
     Everything comes back from the checkpoint (weights, optimiser and scheduler
@@ -262,14 +286,15 @@ def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True,
         raise ValueError(f"{run_dir} has already trained {payload['epoch']} of {config.train.epochs} epochs; "
                          f"pass --epochs N with N > {payload['epoch']} to train further")
     model.to(resolve_device(config.train.device))
-    splits = load_splits(config.data, config.train.seed, load_preprocessing(payload, config))
+    data, note = locate_source(config.data, run_dir)
+    if note:
+        (say or (lambda text: warnings.warn(text, UserWarning, stacklevel=2)))(note)
+    splits = load_splits(data, config.train.seed, load_preprocessing(payload, config))
     run = _prepare(config, splits, model)
     info = {**_info(run), "format": payload["format"], "data_shape": payload["data_shape"]}
     recorder = RunRecorder(run_dir, info, checkpoint_every=config.train.checkpoint_every,
                            log_jacobian=run.units.log_jacobian, saved_epoch=payload["epoch"],
                            epochs=config.train.epochs, progress=progress)
-    if distributed.is_main():
-        recorder.open(config)
     return _train(run, recorder, resume=TrainState.from_payload(payload), stop=stop)
 
 
@@ -281,6 +306,8 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
     if run.splits.preprocessing.binarize == "dynamic":  # a fresh binarisation of the training split each epoch
         train_transform = lambda x: run.splits.train_epoch().to(x.device)  # noqa: E731
     try:
+        if distributed.is_main():  # only now, everything checked: a run that cannot start leaves nothing behind
+            recorder.open(config, "pyro-vae train --resume" if resume is not None else "pyro-vae train")
         result = fit(run.model, run.inputs["train"], epochs=config.train.epochs,
                      batch_size=run.batch_size, optim=t.optim, objective=t.objective,
                      kl_schedule=t.kl_schedule, val_data=run.inputs["val"], val_every=config.train.val_every,
@@ -294,6 +321,8 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
         raise recorder.interrupted() from None
     except TrainingDivergedError as err:
         raise recorder.diverged(err) from err
+    finally:
+        recorder.close()
     return RunResult(recorder.run_dir, config, run.model, run.splits, recorder.records, files, run.units)
 
 
@@ -311,6 +340,7 @@ class _HeldOut(NamedTuple):
     split: str
     clamped: int
     preprocessing: Preprocessing
+    note: str | None  # where the run's data file was found, when not at the path it stored
 
 
 def _held_out(run_dir, split: str, data_file, seed: int | None, device) -> _HeldOut:
@@ -318,8 +348,10 @@ def _held_out(run_dir, split: str, data_file, seed: int | None, device) -> _Held
     model, config, payload = load_run(run_dir, map_location=device)
     seed = config.train.seed if seed is None else int(seed)
     preprocessing = load_preprocessing(payload, config)
+    note = None
     if data_file is None:
-        splits = load_splits(config.data, config.train.seed, preprocessing)
+        data, note = locate_source(config.data, run_dir)
+        splits = load_splits(data, config.train.seed, preprocessing)
         x, labels = getattr(splits, split), getattr(splits, f"{split}_labels")
         clamped = splits.clamped.get(split, 0)
     else:
@@ -330,7 +362,7 @@ def _held_out(run_dir, split: str, data_file, seed: int | None, device) -> _Held
     if len(x) == 0:
         raise ValueError(f"the {split} split of {run_dir} is empty (its fraction is 0 in the config); "
                          "choose another --split")
-    return _HeldOut(model, config, payload, seed, x, labels, split, clamped, preprocessing)
+    return _HeldOut(model, config, payload, seed, x, labels, split, clamped, preprocessing, note)
 
 
 def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles: int = 1, seed: int | None = None,
@@ -359,6 +391,8 @@ def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles:
     report.update(split=split, n=len(held.x), elbo=elbo(model, inputs, num_particles=num_particles)
                   + units.log_jacobian, num_particles=num_particles, seed=seed, epoch=held.payload["epoch"],
                   units=units.description, log_jacobian=units.log_jacobian, preprocess=preprocessing.name)
+    if held.note:
+        report["notes"] = [held.note]
     if preprocessing.clamp:
         report["clamped_values"] = held.clamped  # outside the training range: the Jacobian does not hold there
     if iwae_samples:

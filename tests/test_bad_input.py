@@ -118,10 +118,13 @@ def test_damaged_checkpoints_are_refused_clearly(files, tmp_path, damage, words,
         path.write_bytes(data[: len(data) // 2])
     elif damage == "foreign":
         torch.save({"weights": torch.zeros(3)}, path)
-    else:  # the config says latent_dim 5, the weights are for 2
+    else:  # the config says latent_dim 5, the weights are for 2 (config.toml agrees with the checkpoint)
+        from pyro_vae.config import Config
+
         payload = load_checkpoint(path)
         payload["config"]["model"]["latent_dim"] = 5
         save_checkpoint(path, payload)
+        Config.from_dict(payload["config"]).save(run / "config.toml")
     for command in (["evaluate", str(run)], ["sample", str(run), "--out", str(tmp_path / "s.png")],
                     ["train", "--resume", str(run), "--epochs", "3", "--quiet"]):
         code, err = _run(command, capsys)

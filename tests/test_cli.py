@@ -285,9 +285,11 @@ def test_resume_continues_a_run_exactly(tmp_path):
 
     def metrics(run):
         lines = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
+        return [{k: v for k, v in line.items() if k not in ("seconds", "run_id")} for line in lines]
 
     assert metrics("split") == metrics("straight")
+    ids = {json.loads(line)["run_id"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()}
+    assert ids == {load_config(tmp_path / "split" / "config.toml").run.id}  # the resumed lines keep the run's id
     assert [m["epoch"] for m in metrics("split")] == [1, 2, 3, 4]
     for name in ("checkpoint.pt", "best.pt"):
         a, b = load_checkpoint(tmp_path / "straight" / name), load_checkpoint(tmp_path / "split" / name)

@@ -21,6 +21,7 @@ import torch
 
 from conftest import REPO
 from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.config import load_config
 from pyro_vae.cli import main
 
 FLAGS = ["--hidden", "32", "--latent-dim", "3", "--quiet", "--preprocess", "dynamic-binarize",
@@ -84,7 +85,8 @@ def _finish(proc, run_dir):
 
 
 def _strip(lines):
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+    """The lines without what differs between two runs of the same settings: the time and the run's id."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "run_id")} for line in lines]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -327,3 +329,5 @@ def test_an_interrupt_at_any_phase_saves_a_state_that_resumes_bit_for_bit(phase,
     assert all(torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_b["model"])
     lines = [(d / "metrics.jsonl").read_text().splitlines() for d in (run_dir, straight_run)]
     assert _strip(lines[0]) == _strip(lines[1])
+    run_id = load_config(run_dir / "config.toml").run.id
+    assert {json.loads(line)["run_id"] for line in lines[0]} == {run_id} == {a["config"]["run"]["id"]}
