@@ -14,7 +14,9 @@ import torch
 
 from pyro_vae.checkpoint import load_checkpoint, load_run, save_checkpoint
 from pyro_vae.cli import main
+from pyro_vae._io import RunInUse, RunLock
 from pyro_vae.config import ConfigError
+from pyro_vae.models import Unsupported
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,11 @@ def files(tmp_path_factory):
     np.save(d / "ok.npy", rng.random((40, 6)).astype(np.float32))
     np.save(d / "wide.npy", rng.random((40, 7)).astype(np.float32))
     (d / "a_file").write_text("not a folder")
+    lock = RunLock(d / "locked").acquire("a training in another process")  # held for the module's tests
     assert main(["train", "--data", str(d / "ok.npy"), "--out", str(d / "run"), "--epochs", "1", "--hidden", "8",
                  "--latent-dim", "2", "--quiet"]) == 0
-    return d
+    yield d
+    lock.release()
 
 
 def _run(argv, capsys):
@@ -73,12 +77,24 @@ MATRIX = [
                                             "--out", "{d}/diverged"], 1,
      ["training diverged at step 2 (epoch 1, minibatch 2 of 4)", "out of the plausible range for this data",
       "lower the learning rate by 10x or more", "optim.clip_norm"]),
+    # a newcomer's run (issue #18): each refused before anything is written
+    ("zero-epochs", ConfigError, [*TRAIN, "--epochs", "0"], 2, ["train.epochs: must be >= 1"]),
+    ("m2-without-labelled", Unsupported, [*TRAIN, "--model", "m2"], 2,
+     ["model type 'm2'", "needs data.labelled", "--labelled 100"]),
+    ("model-too-large", ConfigError, [*TRAIN, "--set", "model.latent_dim=1000000000"], 2,
+     ["parameters need about", "GiB", "lower model.latent_dim (1000000000)"]),
+    ("sample-unknown-format", ConfigError, ["sample", "{d}/run", "--out", "{d}/s.gif"], 2, ["--out {d}/s.gif", ".npy"]),
+    ("run-dir-in-use", RunInUse, [*TRAIN, "--data", "{d}/ok.npy", "--out", "{d}/locked"], 1,
+     ["{d}/locked is in use by process", "choose another run directory with --out"]),
+    ("mnist-not-here", FileNotFoundError, [*TRAIN, "--dataset", "mnist", "--data-dir", "{d}/no_mnist"], 1,
+     ["missing train-images-idx3-ubyte.gz", "--download"]),
 ]
 
 
 @pytest.mark.parametrize("exc, argv, code, words", [m[1:] for m in MATRIX], ids=[m[0] for m in MATRIX])
 def test_bad_input_matrix(files, exc, argv, code, words, capsys, tmp_path, monkeypatch):
     argv = [a.format(d=files) for a in argv]
+    words = [w.format(d=files) for w in words]
     if argv[0] == "train" and "--out" not in argv:
         argv += ["--out", str(tmp_path / "run")]
     with monkeypatch.context() as debug:  # PYRO_VAE_DEBUG: the CLI re-raises, showing the exception type
