@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pyro
@@ -34,3 +35,32 @@ def digits():
     d = load_digits()
     x = torch.tensor(d.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     return x, torch.tensor(d.target)
+
+
+def _cpu_ticks(proc) -> int:
+    """A child's CPU time so far (Linux); 0 where /proc is not there."""
+    try:
+        fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def wait_for_child(predicate, proc, run_dir, stalled: float = 120.0) -> None:
+    """Wait until ``predicate()`` for a child training into ``run_dir``: a progress-based deadline, failing
+    only if the child exits first or neither its CPU time nor its run's files move for ``stalled`` s."""
+    def progress():
+        files = [Path(run_dir) / name for name in ("metrics.jsonl", "checkpoint.pt")]
+        return _cpu_ticks(proc), tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
+
+    seen, since = progress(), time.monotonic()
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"the child ended early: {proc.communicate()}")
+        now = progress()
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since > stalled:
+            proc.kill()
+            pytest.fail(f"the child made no progress for {stalled:.0f} s")
+        time.sleep(0.02)

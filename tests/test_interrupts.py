@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, wait_for_child as _wait_for
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import load_config
 from pyro_vae.cli import main
@@ -46,35 +46,6 @@ def _start(run_dir, *extra, args=None):
 def _lines(run_dir):
     path = run_dir / "metrics.jsonl"
     return path.read_text().count("\n") if path.exists() else 0
-
-
-def _cpu_ticks(proc) -> int:
-    """The child's CPU time so far (Linux); 0 where /proc is not there."""
-    try:
-        fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _progress(proc, run_dir):
-    files = [run_dir / name for name in ("metrics.jsonl", "checkpoint.pt")]
-    return _cpu_ticks(proc), tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
-
-
-def _wait_for(predicate, proc, run_dir, stalled=120.0):
-    """Wait until ``predicate()``; fail only if the child ends first or makes no progress for ``stalled`` s."""
-    seen, since = _progress(proc, run_dir), time.monotonic()
-    while not predicate():
-        if proc.poll() is not None:
-            pytest.fail(f"training ended early: {proc.communicate()}")
-        now = _progress(proc, run_dir)
-        if now != seen:
-            seen, since = now, time.monotonic()
-        elif time.monotonic() - since > stalled:
-            proc.kill()
-            pytest.fail(f"training made no progress for {stalled:.0f} s")
-        time.sleep(0.02)
 
 
 def _finish(proc, run_dir):

@@ -8,12 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wait_for_child
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.config import load_config
@@ -98,32 +97,12 @@ def _start(run_dir, *extra):
                             cwd=REPO, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait(predicate, proc, stalled=120.0):
-    """Until ``predicate()``, failing only if the child exits first or its CPU time stops moving for ``stalled`` s."""
-    def ticks():
-        try:
-            fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
-            return int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            return time.monotonic()  # no /proc: wall time counts as progress
-    seen, since = ticks(), time.monotonic()
-    while not predicate():
-        if proc.poll() is not None:
-            pytest.fail(f"the child ended early: {proc.communicate()}")
-        if ticks() != seen:
-            seen, since = ticks(), time.monotonic()
-        elif time.monotonic() - since > stalled:
-            proc.kill()
-            pytest.fail("the child made no progress")
-        time.sleep(0.05)
-
-
 def test_a_run_directory_is_locked_while_a_process_trains_into_it(tmp_path, capsys):
     """Two trainings into the same --out at once both exited 0, and one run was lost."""
     run = tmp_path / "run"
     child = _start(run, "--epochs", "400", "--set", "train.checkpoint_every=1")
     try:
-        _wait(lambda: (run / "checkpoint.pt").exists(), child)
+        wait_for_child(lambda: (run / "checkpoint.pt").exists(), child, run)
         config = (run / "config.toml").read_bytes()
         code, out, err = _run(["train", "--resume", run, "--epochs", "500"], capsys)
         assert code == 1 and err.strip().count("\n") == 0
