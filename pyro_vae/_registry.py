@@ -25,7 +25,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Registry", "Entry", "ComponentError", "did_you_mean", "spec_name", "PRIORS", "LIKELIHOODS", "NETS", "MODELS",
+__all__ = ["Registry", "Entry", "ComponentError", "did_you_mean", "spec_name", "PRIORS", "POSTERIORS", "LIKELIHOODS", "NETS", "MODELS",
            "OBJECTIVES", "KL_SCHEDULES", "OPTIMIZERS", "LR_SCHEDULES", "PREPROCESSINGS"]
 
 
@@ -198,7 +198,9 @@ class Registry:
 
 # The package's tables; each is filled by its module on first use. `builtin` repeats the names that module
 # registers, in its order (tests/test_startup.py checks them): a help text lists them without importing it.
-PRIORS = Registry("prior", "pyro_vae.priors", builtin=("normal", "laplace", "student-t", "mog", "vamp"))
+PRIORS = Registry("prior", "pyro_vae.priors", builtin=("normal", "laplace", "student-t", "mog", "vamp", "flow"))
+POSTERIORS = Registry("posterior", "pyro_vae.posteriors", builtin=(
+    "normal", "student-t", "lowrank", "fullrank", "iaf", "planar", "householder", "sylvester", "spline"))
 LIKELIHOODS = Registry("likelihood", "pyro_vae.likelihoods", builtin=(
     "bernoulli", "continuous-bernoulli", "normal", "laplace", "poisson", "negative-binomial", "zinb", "categorical"))
 NETS = Registry("net", "pyro_vae.nets", builtin=("mlp", "conv", "linear"))

@@ -30,7 +30,8 @@ __all__ = ["Training", "training", "model", "objective", "optimizer", "kl_schedu
            "divergence", "default_preprocess"]
 
 # the registry kind of a component error -> the config key it came from
-_KEYS = {"prior": "model.prior", "likelihood": "model.likelihood", "net": "model.net"}
+_KEYS = {"prior": "model.prior", "posterior": "model.posterior", "likelihood": "model.likelihood",
+         "net": "model.net"}
 
 
 def default_preprocess(model_config: ModelConfig) -> str:
@@ -51,9 +52,12 @@ def model(model_config: ModelConfig, data_shape, labels: torch.Tensor | None = N
         options = entry.target.complete_options(model_config.options, labels)
     model_config = dataclasses.replace(model_config, options=options)
     spec = {"name": model_config.type, **options}
+    # a type that takes no posterior (a model of one's own) is not handed one; config.check refused any other
+    posterior = {"posterior": model_config.posterior} if entry.target.takes("posterior") else {}
     try:
         built = MODELS.build(spec, data_shape=tuple(data_shape), latent_dim=model_config.latent_dim,
-                             prior=model_config.prior, likelihood=model_config.likelihood, net=model_config.net)
+                             prior=model_config.prior, likelihood=model_config.likelihood, net=model_config.net,
+                             **posterior)
     except ComponentError as err:
         raise ConfigError(f"{_KEYS.get(err.kind, 'model')}: {err}") from err
     return built, model_config

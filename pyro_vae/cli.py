@@ -54,7 +54,7 @@ def _train_flags():
     Component names come before their options (``--net`` before ``--hidden``),
     as setting a component by name resets its options.
     """
-    from ._registry import LIKELIHOODS, MODELS, NETS, OBJECTIVES, OPTIMIZERS, PREPROCESSINGS, PRIORS
+    from ._registry import LIKELIHOODS, MODELS, NETS, OBJECTIVES, OPTIMIZERS, POSTERIORS, PREPROCESSINGS, PRIORS
 
     return [
         ("--dataset", "data.source", dict(metavar="NAME", help=f"built-in dataset: {', '.join(DATASET_NAMES)}")),
@@ -70,6 +70,8 @@ def _train_flags():
         ("--model", "model.type", dict(metavar="TYPE", help=f"model type: {_names(MODELS)} "
                                        "(options via --set model.latent_dims=[32,16])")),
         ("--prior", "model.prior", dict(metavar="NAME", help=f"p(z): {_names(PRIORS)}")),
+        ("--posterior", "model.posterior", dict(metavar="NAME", help=f"q(z|x): {_names(POSTERIORS)} "
+                                                "(options via --set model.posterior.n_flows=4)")),
         ("--likelihood", "model.likelihood", dict(metavar="NAME", help=f"p(x|z): {_names(LIKELIHOODS)}")),
         ("--net", "model.net", dict(metavar="NAME", help=f"encoder/decoder family: {_names(NETS)} "
                                                          "(resets its options; add --hidden)")),
@@ -378,7 +380,8 @@ def _train_run(args, stop) -> int:
     else:
         config, notes = resolve_config(train_config(args))
         m = config.model
-        _say(args, f"training: {config.data.source}, model {m.type}, prior {m.label('prior')}, likelihood "
+        _say(args, f"training: {config.data.source}, model {m.type}, prior {m.label('prior')}, posterior "
+                   f"{m.label('posterior')}, likelihood "
                    f"{m.label('likelihood')}, net {m.label('net')}, latent_dim {m.latent_dim}, "
                    f"{config.train.epochs} epochs on {config.train.device} (seed {config.train.seed})", *notes)
         result = train_run(config, progress=not args.quiet, stop=stop, say=lambda text: _say(args, text))

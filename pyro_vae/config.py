@@ -116,7 +116,7 @@ def _default_net() -> dict:
     return {"name": "mlp", "hidden": [256]}
 
 
-_MODEL_KEYS = ("type", "latent_dim", "prior", "likelihood", "net")
+_MODEL_KEYS = ("type", "latent_dim", "prior", "posterior", "likelihood", "net")
 
 
 @dataclass
@@ -124,6 +124,7 @@ class ModelConfig:
     type: str = "vae"  # a name in pyro_vae.hierarchical.MODELS: vae, stacked, m2, cvae, grouped
     latent_dim: int = 8
     prior: Spec = "normal"  # or a table, e.g. [model.prior] name = "mog"  n_components = 10
+    posterior: Spec = "normal"  # q(z | x): normal, lowrank, fullrank, iaf, planar, ... or a table with options
     likelihood: Spec = "bernoulli"
     net: Spec = field(default_factory=_default_net)  # encoder and decoder family with options (hidden, activation)
     # The model type's own options (latent_dims for stacked, alpha for m2, num_groups for grouped, ...),
@@ -137,7 +138,7 @@ class ModelConfig:
         with config_key("model.type"):
             entry = MODELS[self.type]
         default = ModelConfig()
-        for key in ("prior", "likelihood", "net"):
+        for key in ("prior", "posterior", "likelihood", "net"):
             spec = getattr(self, key)
             if not entry.target.takes(key):
                 _require(spec == getattr(default, key), f"model.{key}",

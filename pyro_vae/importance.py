@@ -45,7 +45,8 @@ from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDi
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_factor, site_is_subsample
-from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical
+from torch.distributions import (Bernoulli, Categorical, Independent, LowRankMultivariateNormal, MultivariateNormal,
+                                 Normal, OneHotCategorical, StudentT, TransformedDistribution)
 
 from .data import as_tensors
 from .distributions import bernoulli_logits_log_prob
@@ -88,10 +89,30 @@ def _unwrap(fn):
 
 
 def _from_noise(fn, eps: torch.Tensor, name: str) -> torch.Tensor:
-    """A draw of ``fn`` (shape ``batch + event``) from standard normal noise ``eps`` of that shape."""
+    """A draw of ``fn`` (shape ``batch + event``) from standard normal noise ``eps`` of that shape.
+
+    A Gaussian is ``loc + L eps`` (``L`` its Cholesky factor); a transformed distribution (a flow) is its
+    base's draw pushed through its transforms, in the order it applies them, which also fills the
+    transforms' caches so that ``log_prob`` of the draw needs no inverse; a Student-t goes through its
+    inverse CDF (SciPy's ``stdtrit``).
+    """
     base = _unwrap(fn)
     if isinstance(base, Normal):
         return base.loc + base.scale * eps
+    if isinstance(base, (MultivariateNormal, LowRankMultivariateNormal)):
+        return base.loc + (base.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+    if isinstance(base, TransformedDistribution):
+        value = _from_noise(base.base_dist, eps, name)
+        for transform in base.transforms:
+            value = transform(value)
+        return value
+    if isinstance(base, StudentT):
+        from scipy.special import stdtrit
+
+        df, loc, scale = torch.broadcast_tensors(base.df, base.loc, base.scale)
+        u = torch.special.ndtr(eps.double()).expand(df.shape).cpu().numpy()
+        t = torch.from_numpy(stdtrit(df.detach().double().cpu().numpy(), u)).to(loc)
+        return loc + scale * t
     u = torch.special.ndtr(eps)
     if isinstance(base, OneHotCategorical):  # inverse CDF, one uniform per categorical draw
         k = (base.probs.cumsum(-1) < u[..., :1]).sum(-1).clamp(max=base.probs.shape[-1] - 1)

@@ -2,16 +2,19 @@
 
 Shapes (any number of leading batch dims, so vectorised particles work)::
 
-    encoder(x: [*b, *data_shape]) -> (loc: [*b, latent_dim], scale: [*b, latent_dim])
+    encoder(x: [*b, *data_shape]) -> (p_1: [*b, h_1], ..., p_k: [*b, h_k])   one tensor per head
     decoder(z: [*b, latent_dim])  -> params: [*b, n_params, *data_shape]
 
-``n_params`` comes from the likelihood (principle: the likelihood sizes the
-decoder). Users may pass any ``nn.Module`` with these signatures to ``VAE``.
+The heads come from the posterior (:mod:`pyro_vae.posteriors`: the posterior
+sizes the encoder), by default the diagonal Normal's ``(loc, scale)``, each
+``[*b, latent_dim]``; ``n_params`` comes from the likelihood (the likelihood
+sizes the decoder). Users may pass any ``nn.Module`` with these signatures to ``VAE``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +37,9 @@ __all__ = [
     "layer_sizes",
     "MIN_SCALE",
     "inv_softplus",
+    "Head",
+    "normal_heads",
+    "apply_links",
 ]
 
 _ACTIVATIONS = {
@@ -50,6 +56,28 @@ MIN_SCALE = 1e-4  # floor of every scale a network emits: softplus(raw) + MIN_SC
 def inv_softplus(y: float) -> float:
     """The raw value whose softplus is ``y > 0``: initialises a parameter that enters as ``softplus(raw)``."""
     return y + math.log(-math.expm1(-y))
+
+
+class Head(NamedTuple):
+    """One encoder output: ``size`` features per point, and the ``link`` the encoder applies to it."""
+
+    size: int
+    link: str = "real"  # "real": as emitted; "positive": softplus(raw) + MIN_SCALE
+
+
+def normal_heads(latent_dim: int) -> tuple[Head, Head]:
+    """``(loc, scale)``: the outputs of the diagonal Normal posterior (and the base of every flow)."""
+    return Head(int(latent_dim)), Head(int(latent_dim), "positive")
+
+
+def apply_links(raw, heads) -> tuple:
+    """The raw outputs (one tensor per head) with each head's link applied."""
+    return tuple(F.softplus(value) + MIN_SCALE if head.link == "positive" else value
+                 for value, head in zip(raw, heads))
+
+
+def _heads(heads, latent_dim: int) -> tuple[Head, ...]:
+    return normal_heads(latent_dim) if heads is None else tuple(Head(*h) for h in heads)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -106,17 +134,19 @@ class MLP(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    """``q(z|x) = N(loc(x), scale(x))`` from a dense network with two heads (:class:`MLP`)."""
+    """The posterior's parameters from a dense network with one output head per posterior head (:class:`MLP`);
+    by default ``(loc, scale)`` of a diagonal Normal."""
 
-    def __init__(self, data_shape, latent_dim: int, hidden=(400,), activation: str = "softplus"):
+    def __init__(self, data_shape, latent_dim: int, hidden=(400,), activation: str = "softplus", heads=None):
         super().__init__()
         self.data_shape = tuple(data_shape)
-        self.net = MLP(_flat(self.data_shape), hidden, [latent_dim, latent_dim], activation)
+        self.heads = _heads(heads, latent_dim)
+        self.net = MLP(_flat(self.data_shape), hidden, [h.size for h in self.heads], activation)
 
     def forward(self, x):
         batch = x.shape[: x.dim() - len(self.data_shape)]
-        loc, raw_scale = self.net(x.reshape(*batch, -1))
-        return loc, F.softplus(raw_scale) + MIN_SCALE
+        out = self.net(x.reshape(*batch, -1))
+        return apply_links((out,) if len(self.heads) == 1 else out, self.heads)
 
 
 class MLPDecoder(nn.Module):
@@ -132,22 +162,30 @@ class MLPDecoder(nn.Module):
 
 
 class LinearEncoder(nn.Module):
-    """``q(z|x) = N(A x + b, diag(s^2))`` with a scale that does not depend on ``x``.
+    """The first head linear in x, ``A x + b``, every other head a learned constant.
 
-    This family contains the exact posterior of probabilistic PCA, so a linear
-    VAE with a Normal likelihood can reach the pPCA maximum likelihood exactly.
+    With the diagonal Normal, ``q(z|x) = N(A x + b, diag(s^2))``: this family
+    contains the exact posterior of probabilistic PCA, so a linear VAE with a
+    Normal likelihood can reach the pPCA maximum likelihood exactly; with
+    ``fullrank`` it contains the exact posterior of any linear-Gaussian model.
+    Head 1 is the parameter ``raw_scale`` (zeros), heads 2 on ``raw_heads``
+    (small random values: a low-rank factor of zero is a saddle point).
     """
 
-    def __init__(self, data_shape, latent_dim: int):
+    def __init__(self, data_shape, latent_dim: int, heads=None):
         super().__init__()
         self.data_shape = tuple(data_shape)
-        self.loc = nn.Linear(_flat(self.data_shape), latent_dim)
-        self.raw_scale = nn.Parameter(torch.zeros(latent_dim))
+        self.heads = _heads(heads, latent_dim)
+        self.loc = nn.Linear(_flat(self.data_shape), self.heads[0].size)
+        if len(self.heads) > 1:
+            self.raw_scale = nn.Parameter(torch.zeros(self.heads[1].size))
+        self.raw_heads = nn.ParameterList(nn.Parameter(0.01 * torch.randn(h.size)) for h in self.heads[2:])
 
     def forward(self, x):
         batch = x.shape[: x.dim() - len(self.data_shape)]
         loc = self.loc(x.reshape(*batch, -1))
-        return loc, (F.softplus(self.raw_scale) + MIN_SCALE).expand_as(loc)
+        constants = apply_links([self.raw_scale, *self.raw_heads], self.heads[1:]) if len(self.heads) > 1 else ()
+        return (loc, *(c.expand(*batch, c.shape[-1]) for c in constants))
 
 
 class LinearDecoder(nn.Module):
@@ -184,9 +222,11 @@ def _conv_sizes(hw, n_layers):
 class ConvEncoder(nn.Module):
     """Stride-2 convolutions then a dense network with loc/scale heads; for [C, H, W] data of any size."""
 
-    def __init__(self, data_shape, latent_dim: int, channels=(32, 64), hidden=(256,), activation: str = "relu"):
+    def __init__(self, data_shape, latent_dim: int, channels=(32, 64), hidden=(256,), activation: str = "relu",
+                 heads=None):
         super().__init__()
         self.data_shape = _image_shape(data_shape, "encoder")
+        self.heads = _heads(heads, latent_dim)
         c, h, w = self.data_shape
         sizes = _conv_sizes((h, w), len(channels))
         layers, cin = [], c
@@ -195,13 +235,13 @@ class ConvEncoder(nn.Module):
             cin = int(cout)
         self.conv = nn.Sequential(*layers)
         flat = cin * sizes[-1][0] * sizes[-1][1]
-        self.head = MLP(flat, hidden, [latent_dim, latent_dim], activation)
+        self.head = MLP(flat, hidden, [h.size for h in self.heads], activation)
 
     def forward(self, x):
         batch = x.shape[:-3]
-        h = self.conv(x.reshape(-1, *self.data_shape)).flatten(1)
-        loc, raw_scale = self.head(h)
-        return loc.reshape(*batch, -1), (F.softplus(raw_scale) + MIN_SCALE).reshape(*batch, -1)
+        out = self.head(self.conv(x.reshape(-1, *self.data_shape)).flatten(1))
+        out = (out,) if len(self.heads) == 1 else out
+        return apply_links([o.reshape(*batch, -1) for o in out], self.heads)
 
 
 class ConvDecoder(nn.Module):
@@ -245,12 +285,13 @@ def _net_spec(spec):
     return NETS[name].factory, options
 
 
-def make_encoder(spec, data_shape, latent_dim: int) -> nn.Module:
-    """An encoder from a net name/dict (``"mlp"``, ``{"name": "conv", "channels": [32, 64]}``) or a module."""
+def make_encoder(spec, data_shape, latent_dim: int, heads=None) -> nn.Module:
+    """An encoder from a net name/dict (``"mlp"``, ``{"name": "conv", "channels": [32, 64]}``) or a module,
+    emitting ``heads`` (a posterior's :class:`Head` tuple; default the diagonal Normal's ``(loc, scale)``)."""
     if isinstance(spec, nn.Module):
         return spec
     (enc, _), options = _net_spec(spec)
-    return NETS.call(enc, data_shape, latent_dim, **options)
+    return NETS.call(enc, data_shape, latent_dim, **options, **({} if heads is None else {"heads": heads}))
 
 
 def make_decoder(spec, latent_dim: int, data_shape, n_params: int) -> nn.Module:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import MixtureSameFamily
 
 from ._registry import PRIORS
 from .distributions import DiagNormalMixture, UnitNormal
@@ -34,6 +35,7 @@ __all__ = [
     "StudentT",
     "MixtureOfGaussians",
     "VampPrior",
+    "FlowPrior",
     "PRIORS",
     "make_prior",
     "register_prior",
@@ -135,10 +137,14 @@ class VampPrior(Prior):
 
         p(z) = 1/K sum_k q(z | u_k)
 
-    where ``q`` is the VAE's own encoder and ``u_k`` are K learnable
-    pseudo-inputs of the data's shape. The encoder is shared with the guide, not
-    copied: it is held outside this module's parameters so it is registered
-    (and stepped by the optimiser) once.
+    where ``q`` is the VAE's own encoder and posterior family and ``u_k`` are K
+    learnable pseudo-inputs of the data's shape. The encoder is shared with the
+    guide, not copied: it is held outside this module's parameters so it is
+    registered (and stepped by the optimiser) once. With the diagonal Normal
+    the mixture is :class:`DiagNormalMixture`; ``student-t``, ``lowrank`` and
+    ``fullrank`` posteriors give a ``MixtureSameFamily`` of theirs; a flow
+    posterior is refused (its density would be needed at other points'
+    draws, through K conditionings of the flow).
 
     Pseudo-inputs start as ``init_mean + init_std * noise``; ``init_from(x)``
     resets them to K data points, which usually trains faster.
@@ -153,9 +159,16 @@ class VampPrior(Prior):
         self.data_shape = tuple(int(s) for s in data_shape)
         self.pseudo_inputs = nn.Parameter(init_mean + init_std * torch.randn(self.n_components, *self.data_shape))
         self._encoder = ()  # tuple, so nn.Module does not register it as a child
+        self._posterior = None  # the owner's posterior family (None: the diagonal Normal)
 
     def setup(self, vae) -> None:
+        posterior = getattr(vae, "posterior", None)
+        if posterior is not None and getattr(posterior, "transforms", None) is not None:
+            raise ValueError(f"the vamp prior is a mixture of the posterior at its pseudo-inputs, which a flow "
+                             f"posterior ({posterior.name!r}) does not form; use posterior 'normal', 'student-t', "
+                             "'lowrank' or 'fullrank' with it, or prior 'mog' or 'flow' with a flow posterior")
         self._encoder = (vae.encoder,)
+        self._posterior = None if posterior is None or posterior.name == "normal" else posterior
 
     @property
     def encoder(self):
@@ -170,11 +183,64 @@ class VampPrior(Prior):
         self.pseudo_inputs.copy_(x[idx].to(self.pseudo_inputs))
 
     def forward(self, context=None):
-        loc, scale = self.encoder(self.pseudo_inputs)
-        return DiagNormalMixture(loc.new_zeros(self.n_components), loc, scale)
+        params = self.encoder(self.pseudo_inputs)
+        if self._posterior is None:
+            loc, scale = params
+            return DiagNormalMixture(loc.new_zeros(self.n_components), loc, scale)
+        components = self._posterior(*params)  # batch [K]
+        return MixtureSameFamily(dist.Categorical(logits=params[0].new_zeros(self.n_components)), components)
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, n_components={self.n_components}, data_shape={self.data_shape}"
+
+
+_FLOW_TRANSFORMS = ("affine-autoregressive", "spline-autoregressive", "spline-coupling", "spline")
+
+
+class FlowPrior(Prior):
+    """A learnable normalizing flow over a standard Normal: ``z = f_K(...f_1(e))``, ``e ~ N(0, I)``.
+
+    The transforms are Pyro's (``transform``: ``affine-autoregressive``,
+    ``spline-autoregressive``, ``spline-coupling`` or element-wise ``spline``),
+    ``n_flows`` of them with ``hidden`` layers, each used in its inverse
+    direction, so ``log p(z)`` at the guide's draws is one network pass per
+    flow (a masked autoregressive flow, Papamakarios et al. 2017) and drawing
+    from the prior (generation only) is the sequential direction. Between
+    autoregressive flows Pyro draws a fresh variable order.
+    """
+
+    def __init__(self, latent_dim: int, transform: str = "affine-autoregressive", n_flows: int = 2,
+                 hidden=(64,), count_bins: int = 8, bound: float = 3.0):
+        super().__init__(latent_dim)
+        import pyro.distributions.transforms as T
+
+        if transform not in _FLOW_TRANSFORMS:
+            from ._registry import did_you_mean
+
+            raise ValueError(f"flow prior: unknown transform {transform!r}; valid: {', '.join(_FLOW_TRANSFORMS)}."
+                             + did_you_mean(transform, _FLOW_TRANSFORMS))
+        if isinstance(n_flows, bool) or int(n_flows) != n_flows or int(n_flows) < 1:
+            raise ValueError(f"flow prior: n_flows must be an integer >= 1, got {n_flows!r}")
+        hidden = [hidden] if isinstance(hidden, int) else [int(h) for h in hidden]
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f"flow prior: hidden must be a non-empty list of positive layer sizes, got {hidden!r}")
+        if transform in ("spline-coupling", "affine-autoregressive", "spline-autoregressive") and self.latent_dim < 2:
+            raise ValueError(f"flow prior: transform {transform!r} needs latent_dim >= 2; use transform 'spline'")
+        self.transform, self.n_flows = transform, int(n_flows)
+        make = {
+            "affine-autoregressive": lambda: T.affine_autoregressive(self.latent_dim, hidden),
+            "spline-autoregressive": lambda: T.spline_autoregressive(self.latent_dim, hidden, count_bins, bound),
+            "spline-coupling": lambda: T.spline_coupling(self.latent_dim, hidden_dims=hidden, count_bins=count_bins,
+                                                         bound=bound),
+            "spline": lambda: T.spline(self.latent_dim, count_bins, bound),
+        }[transform]
+        self.flows = nn.ModuleList(make() for _ in range(self.n_flows))
+
+    def forward(self, context=None):
+        return dist.TransformedDistribution(UnitNormal(self._loc()), [f.inv for f in self.flows])
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, transform={self.transform!r}, n_flows={self.n_flows}"
 
 
 def _student_t(latent_dim, data_shape=None, **options):
@@ -190,6 +256,8 @@ PRIORS.register("mog", lambda latent_dim, data_shape=None, **o: MixtureOfGaussia
                 doc="learnable mixture of K diagonal Gaussians", target=MixtureOfGaussians)
 PRIORS.register("vamp", lambda latent_dim, data_shape, **o: VampPrior(latent_dim, data_shape, **o),
                 doc="VampPrior: mixture of q(z|u_k) at K pseudo-inputs", target=VampPrior)
+PRIORS.register("flow", lambda latent_dim, data_shape=None, **o: FlowPrior(latent_dim, **o),
+                doc="normalizing flow over N(0, I) (transform, n_flows, hidden)", target=FlowPrior)
 
 
 def register_prior(name: str, cls, doc: str = "") -> None:

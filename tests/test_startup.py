@@ -106,7 +106,7 @@ def test_declared_builtin_names_are_the_registered_ones():
                           "datasets": [list(DATASET_NAMES), list(DATASETS)]}))
         """)
     tables = result["tables"]
-    assert set(tables) == {"PRIORS", "LIKELIHOODS", "NETS", "MODELS", "OBJECTIVES", "KL_SCHEDULES", "OPTIMIZERS",
+    assert set(tables) == {"PRIORS", "POSTERIORS", "LIKELIHOODS", "NETS", "MODELS", "OBJECTIVES", "KL_SCHEDULES", "OPTIMIZERS",
                            "LR_SCHEDULES", "PREPROCESSINGS"}
     for name, t in tables.items():
         assert t["declared"], name

@@ -54,7 +54,7 @@ The contract, member by member:
 ``artifacts``               extra files a finished run writes (M2: ``accuracy.json``)
 ``from_config``             the model from the ``[model]`` keys of a config
 ``complete_options``        options filled in from the data's labels (``n_classes``)
-``check_component``         checks a ``[model]`` component spec (prior, likelihood, net)
+``check_component``         checks a ``[model]`` component spec (prior, posterior, likelihood, net)
 ==========================  ==================================================================
 
 An operation a model type does not define raises :class:`Unsupported` with
@@ -76,7 +76,7 @@ from pyro import poutine
 from pyro.params.param_store import param_with_module_name
 from torch import nn
 
-from .._registry import LIKELIHOODS, NETS, PRIORS, did_you_mean
+from .._registry import LIKELIHOODS, NETS, POSTERIORS, PRIORS, did_you_mean
 
 __all__ = ["Model", "Unsupported", "SampleGrid", "DATA_SITE"]
 
@@ -94,7 +94,8 @@ def _structure_changed(module, name, value) -> None:
 nn.modules.module.register_module_parameter_registration_hook(_structure_changed)
 nn.modules.module.register_module_module_registration_hook(_structure_changed)
 
-_COMPONENTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "net": NETS}
+_COMPONENTS = {"prior": PRIORS, "posterior": POSTERIORS, "likelihood": LIKELIHOODS, "net": NETS}
+_COMMON = ("latent_dim", "prior", "posterior", "likelihood", "net")  # the [model] keys a type may take
 
 
 class Unsupported(ValueError):
@@ -315,14 +316,16 @@ class Model(nn.Module, metaclass=abc.ABCMeta):
     def _accepted(cls) -> set:
         own = cls.from_config.__func__ is not Model.from_config.__func__  # a type that maps the keys itself
         params = inspect.signature(cls.from_config if own else cls.__init__).parameters
-        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            return {"latent_dim", "prior", "likelihood", "net"}
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # the rest passes through to __init__
+            return set(params) | (set(_COMMON) & set(inspect.signature(cls.__init__).parameters))
         return set(params)
 
     @classmethod
-    def from_config(cls, data_shape, latent_dim=None, prior=None, likelihood=None, net=None, **options):
+    def from_config(cls, data_shape, latent_dim=None, prior=None, likelihood=None, net=None, posterior=None,
+                    **options):
         """The model from the ``[model]`` keys of a config: those ``__init__`` takes, then the type's options."""
-        common = {"latent_dim": latent_dim, "prior": prior, "likelihood": likelihood, "net": net}
+        common = {"latent_dim": latent_dim, "prior": prior, "posterior": posterior, "likelihood": likelihood,
+                  "net": net}
         accepted = cls._accepted()
         return cls(tuple(data_shape), **{k: v for k, v in common.items() if k in accepted and v is not None},
                    **options)
@@ -343,7 +346,7 @@ class Model(nn.Module, metaclass=abc.ABCMeta):
 
     @classmethod
     def check_component(cls, key: str, spec) -> None:
-        """Check the ``[model]`` component ``key`` (``prior``, ``likelihood``, ``net``) by its registry."""
+        """Check the ``[model]`` component ``key`` (``prior``, ``posterior``, ``likelihood``, ``net``) by its registry."""
         registry = _COMPONENTS.get(key)
         if registry is None:
             raise ValueError(f"unknown component {key!r}; valid: {', '.join(_COMPONENTS)}." + did_you_mean(key, _COMPONENTS))

@@ -62,10 +62,13 @@ for _name, _cls, _doc in [
     register_model(_name, _cls, _doc)
 
 
-def make_model(spec, data_shape, latent_dim: int = 10, prior="normal", likelihood="bernoulli", net="mlp"):
-    """A model from a name (``"m2"``) or a dict (``{"name": "stacked", "latent_dims": [64, 32]}``)."""
+def make_model(spec, data_shape, latent_dim: int = 10, prior="normal", likelihood="bernoulli", net="mlp",
+               posterior=None):
+    """A model from a name (``"m2"``) or a dict (``{"name": "stacked", "latent_dims": [64, 32]}``);
+    ``posterior`` (a family name, dict or object) for a type that takes one, else its own default."""
+    extra = {} if posterior is None else {"posterior": posterior}
     return MODELS.build(spec, data_shape=data_shape, latent_dim=latent_dim, prior=prior, likelihood=likelihood,
-                        net=net)
+                        net=net, **extra)
 
 
 def complete_options(model_type: str, options: dict, labels) -> dict:

@@ -3,10 +3,10 @@
 ::
 
     model:  z_n ~ p(z),  x_n ~ p(x | decoder(z_n))      for n in plate("data", N)
-    guide:  z_n ~ N(encoder(x_n))
+    guide:  z_n ~ q(z | encoder(x_n))                   q: the posterior family, N(loc, scale) by default
 
-Prior, likelihood and networks are objects (or config names resolved once in
-``__init__``), so every combination is one argument away (Kingma & Welling 2014).
+Prior, posterior, likelihood and networks are objects (or config names resolved
+once in ``__init__``), so every combination is one argument away (Kingma & Welling 2014).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
-from ..distributions import IndependentNormal
 from ..nets import make_decoder, make_encoder
+from ..posteriors import make_posterior
 from ..priors import make_prior
 from .base import Model
 
@@ -37,8 +37,11 @@ class VAE(Model):
             (``"bernoulli"``, ``"normal"``, ``"negative-binomial"``, ...).
         net: encoder and decoder family by name/dict (``"mlp"``, ``"conv"``,
             ``"linear"``), e.g. ``{"name": "mlp", "hidden": [400]}``.
+        posterior: the variational family q(z | x): a :class:`~pyro_vae.posteriors.Posterior` or its
+            name/dict (``"normal"``, ``"fullrank"``, ``{"name": "iaf", "n_flows": 4}``, ...); it sizes the encoder.
         encoder, decoder: modules (or specs) overriding ``net`` for one side;
-            ``encoder(x) -> (loc, scale)``, ``decoder(z) -> [*b, n_params, *data_shape]``.
+            ``encoder(x) -> the posterior's parameters`` (``(loc, scale)`` for ``"normal"``),
+            ``decoder(z) -> [*b, n_params, *data_shape]``.
         name: prefix of the parameters in Pyro's param store.
 
     Call ``model(x, idx, num_data)`` / ``guide(x, idx, num_data)`` with a
@@ -48,13 +51,15 @@ class VAE(Model):
     """
 
     latent_sites = ("z",)
-    guide_parts = ("encoder",)  # the guide registers these parameters, the model every other one
+    guide_parts = ("encoder", "posterior")  # the guide registers these parameters, the model every other one
 
     def __init__(self, data_shape, latent_dim: int = 10, prior="normal", likelihood="bernoulli", net="mlp",
-                 encoder=None, decoder=None, name: str = "vae"):
+                 encoder=None, decoder=None, name: str = "vae", posterior="normal"):
         super().__init__(data_shape, likelihood, name)
         self.latent_dim = int(latent_dim)
-        self.encoder = make_encoder(net if encoder is None else encoder, self.data_shape, self.latent_dim)
+        self.posterior = make_posterior(posterior, self.latent_dim)
+        self.encoder = make_encoder(net if encoder is None else encoder, self.data_shape, self.latent_dim,
+                                    self.posterior.heads)
         self.decoder = make_decoder(net if decoder is None else decoder, self.latent_dim, self.data_shape,
                                     self.likelihood.n_params)
         self.prior = make_prior(prior, self.latent_dim, self.data_shape)
@@ -76,24 +81,24 @@ class VAE(Model):
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x=None, idx=None, num_data=None, n=None):
-        """``z ~ q(z | x) = N(encoder(x))``."""
+        """``z ~ q(z | x) = posterior(*encoder(x))``."""
         self.register_params("guide")
         if x is None:
             raise ValueError("the guide needs data x")
         with self.data_plate(x, idx, num_data, n):
-            loc, scale = self.encoder(x)
-            return pyro.sample("z", IndependentNormal(loc, scale))
+            return pyro.sample("z", self.posterior(*self.encoder(x)))
 
     # ----------------------------------------------------------------- fitted-model API
     @torch.no_grad()
     def encode(self, x):
-        """Posterior parameters ``(loc, scale)`` of ``q(z|x)``, each ``[B, latent_dim]``."""
+        """The posterior's parameters for ``x``: ``(loc, scale)`` of ``q(z|x)`` for ``"normal"``, each
+        ``[B, latent_dim]`` (``self.posterior.heads`` lists them for any family)."""
         self.check_data(x, support=False)
         return self.encoder(x.to(self.device))
 
     def posterior_mean(self, x, labels=None):
-        """``E_q[z | x]``, the encoder's ``loc``."""
-        return self.encode(x)[0]
+        """``E_q[z | x]``: the encoder's ``loc`` for the Gaussian families, a seeded Monte Carlo mean for a flow."""
+        return self.posterior.mean(*self.encode(x))
 
     @torch.no_grad()
     def reconstruct(self, x, labels=None, sample: bool = False):
