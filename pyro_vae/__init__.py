@@ -1,4 +1,4 @@
-"""pyro_vae: variational autoencoders as Pyro programs, with swappable priors, likelihoods and model types.
+"""pyro_vae: variational autoencoders as Pyro programs, with swappable priors, posteriors, likelihoods and model types.
 
 The public names below are imported on first use (PEP 562), so ``import pyro_vae``,
 ``pyro_vae.__version__`` and the ``pyro-vae`` command's ``--help`` and ``--version``
@@ -25,6 +25,7 @@ _LAZY = {
     **dict.fromkeys(("OBJECTIVES", "KLSchedule", "make_objective"), "objectives"),
     "make_optimizer": "optim",
     **dict.fromkeys(("PRIORS", "Prior", "make_prior", "register_prior"), "priors"),
+    **dict.fromkeys(("POSTERIORS", "Posterior", "Head", "make_posterior", "register_posterior"), "posteriors"),
     **dict.fromkeys(("Callback", "EarlyStopping", "FitResult", "TrainState", "fit"), "train"),
 }
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors; nothing 
     from .objectives import OBJECTIVES, KLSchedule, make_objective
     from .optim import make_optimizer
     from .priors import PRIORS, Prior, make_prior, register_prior
+    from .posteriors import POSTERIORS, Head, Posterior, make_posterior, register_posterior
     from .train import Callback, EarlyStopping, FitResult, TrainState, fit
 
 
@@ -71,20 +73,25 @@ __all__ = [
     "elbo_decomposition",
     "ELBODecomposition",
     "Prior",
+    "Posterior",
+    "Head",
     "Likelihood",
     "PRIORS",
+    "POSTERIORS",
     "LIKELIHOODS",
     "NETS",
     "MODELS",
     "OBJECTIVES",
     "KLSchedule",
     "make_prior",
+    "make_posterior",
     "make_likelihood",
     "make_encoder",
     "make_decoder",
     "make_optimizer",
     "make_objective",
     "register_prior",
+    "register_posterior",
     "register_likelihood",
     "register_model",
     "tune_allocator",

@@ -35,19 +35,21 @@ name             q(z | x)                                                     en
 at the family's own draws (planar and Sylvester flows have no inverse; Pyro
 caches the forward pass, so the ELBO, IWAE and PSIS work, but a VampPrior,
 which scores the guide's draws under other points' posteriors, does not).
-``mean(*params)`` is ``E_q[z]``: closed form for the Gaussian families, the
-Monte Carlo average of ``mean_draws`` seeded draws for a flow.
+``mean(*params)`` is ``E_q[z]``: closed form for the Gaussian families and
+Householder flows (a rotation of the base), else the average over
+``mean_draws`` draws from one fixed set of base noises shared by every point,
+so a point's mean does not depend on the batch it is encoded in.
 
-Adding a family takes a few lines::
+Adding a family takes a few lines (the default ``heads`` are ``(loc, scale)``)::
 
-    class Logistic(Posterior):
-        heads = property(lambda self: (Head(self.latent_dim), Head(self.latent_dim, "positive")))
-
+    class LaplacePosterior(Posterior):
         def forward(self, loc, scale):
-            base = dist.Uniform(torch.zeros_like(loc), 1.0).to_event(1)
-            return dist.TransformedDistribution(base, [SigmoidTransform().inv, AffineTransform(loc, scale, 1)])
+            return dist.Laplace(loc, scale).to_event(1)
 
-    register_posterior("logistic", Logistic)
+    register_posterior("laplace", LaplacePosterior)      # VAE(..., posterior="laplace")
+
+A family with other encoder outputs declares them as ``heads``, a tuple of
+:class:`Head` ``(size, link)``.
 """
 
 from __future__ import annotations
@@ -225,7 +227,8 @@ class FlowPosterior(Posterior):
 
     Conditional transforms (``pyro.distributions.transforms.Conditional*``) read a
     ``context`` vector the encoder emits as a third output, so the flow depends on x.
-    ``mean`` averages ``mean_draws`` draws under a fixed seed (the global RNG untouched).
+    ``mean`` averages ``mean_draws`` draws made from one fixed set of standard-normal
+    base noises (seed 0, the global RNG untouched), the same for every point.
     """
 
     conditional = True
@@ -246,10 +249,13 @@ class FlowPosterior(Posterior):
 
     @torch.no_grad()
     def mean(self, *params):
-        devices = [params[0].device] if params[0].device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(0)
-            return self(*params).sample((self.mean_draws,)).mean(0)
+        loc, scale = params[0], params[1]
+        noise = torch.randn(self.mean_draws, self.latent_dim, generator=torch.Generator().manual_seed(0),
+                            dtype=loc.dtype).to(loc.device)
+        z = loc + scale * noise.reshape(self.mean_draws, *(1,) * (loc.dim() - 1), self.latent_dim)
+        for transform in self(*params).transforms:
+            z = transform(z)
+        return z.mean(0)
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, n_flows={self.n_flows}, context={self.context}"

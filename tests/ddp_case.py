@@ -1,6 +1,6 @@
 """Helper for tests/test_distributed.py: one small training case, run by each rank under torchrun.
 
-``python -m torch.distributed.run --nproc-per-node 2 ... tests/ddp_case.py OUT`` trains the case with
+``python -m torch.distributed.run --nproc-per-node 2 ... tests/ddp_case.py OUT [POSTERIOR]`` trains the case with
 ``fit`` in a gloo process group and saves each rank's weights, step losses and history to ``OUT/rank{r}.pt``.
 The test imports the same case to compute the single-process reference.
 """
@@ -20,10 +20,11 @@ N, N_VAL, DIM, BATCH, EPOCHS, SEED = 103, 40, 16, 20, 2, 0  # 103 = 5 batches of
 
 
 class FixedNoiseVAE(VAE):
-    """A VAE whose guide draws ``z = loc + scale * eps[n]`` with the noise ``eps[n]`` fixed per data point.
+    """A VAE whose guide draws ``z = loc + scale * eps[n]`` with the noise ``eps[n]`` fixed per data point
+    (for a flow posterior, that base draw pushed through the flow's transforms).
 
     The reparameterised sample and ``log q(z|x)`` are those of the ordinary guide (a ``Delta`` at the
-    sample carrying the Normal's log density), but the loss becomes a deterministic function of the
+    sample carrying the posterior's log density), but the loss becomes a deterministic function of the
     weights and of which points a batch holds, whichever process evaluates them. That makes a sharded
     run exactly comparable with one process on the same global batches.
     """
@@ -35,20 +36,29 @@ class FixedNoiseVAE(VAE):
     def guide(self, x=None, idx=None, num_data=None, n=None):
         pyro.module(self.name, self)
         with self.data_plate(x, idx, num_data, n) as ind:
-            loc, scale = self.encoder(x)
+            params = self.encoder(x)
+            q, (loc, scale) = self.posterior(*params), params[:2]
             z = loc + scale * self.eps[ind]
-            log_q = dist.Normal(loc, scale).log_prob(z).sum(-1)
-            return pyro.sample("z", dist.Delta(z, log_density=log_q, event_dim=1))
+            for transform in getattr(q, "transforms", ()):  # a flow: its own draw, so log_prob uses the cache
+                z = transform(z)
+            return pyro.sample("z", dist.Delta(z, log_density=q.log_prob(z), event_dim=1))
 
 
-def make_case():
+CASES = {  # posterior -> prior: the VampPrior runs the encoder in the model too; it takes no flow posterior
+    "normal": {"name": "vamp", "n_components": 3},
+    "planar": {"name": "mog", "n_components": 3},
+}
+
+
+def make_case(posterior: str = "normal"):
     """``(vae, train, val, fit_kwargs)``: random binary data, a VampPrior (the encoder also runs in the
-    model), a KL warm-up, and plain SGD, whose step is proportional to the gradient (Adam would hide a
-    wrong gradient scale)."""
+    model) or, with the planar flow posterior (whose parameters are trained by every rank), a learned
+    mixture prior, a KL warm-up, and plain SGD, whose step is proportional to the gradient (Adam would
+    hide a wrong gradient scale)."""
     g = torch.Generator().manual_seed(2)
     x = torch.bernoulli(torch.full((N + N_VAL, DIM), 0.3), generator=g)
     torch.manual_seed(0)
-    vae = FixedNoiseVAE((DIM,), latent_dim=2, prior={"name": "vamp", "n_components": 3},
+    vae = FixedNoiseVAE((DIM,), latent_dim=2, prior=CASES[posterior], posterior=posterior,
                         net={"name": "mlp", "hidden": [8]}, n_noise=N)
     kwargs = dict(epochs=EPOCHS, batch_size=BATCH, seed=SEED, kl_schedule=KLSchedule("linear", 1.0, warmup=2),
                   optim=sgd(), progress=False)
@@ -67,7 +77,7 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
     with distributed.process_group():
-        vae, train, val, kwargs = make_case()
+        vae, train, val, kwargs = make_case(sys.argv[2] if len(sys.argv) > 2 else "normal")
         result = fit(vae, train, val_data=val, **kwargs)
         rank = torch_dist.get_rank()
     torch.save({"params": {k: v.detach().clone() for k, v in vae.state_dict().items()},

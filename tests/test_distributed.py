@@ -31,21 +31,26 @@ def _torchrun(args, **kwargs):
                           **kwargs)
 
 
+@pytest.fixture(scope="module", params=sorted(ddp_case.CASES))
+def posterior(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+def two_ranks(tmp_path_factory, posterior):
     """``tests/ddp_case.py`` trained by two processes: each rank's weights, step losses and history."""
     out = tmp_path_factory.mktemp("ddp")
-    done = _torchrun([str(REPO / "tests" / "ddp_case.py"), str(out)])
+    done = _torchrun([str(REPO / "tests" / "ddp_case.py"), str(out), posterior])
     assert done.returncode == 0, done.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
 @pytest.fixture(scope="module")
-def one_process():
+def one_process(posterior):
     """The single-process reference: the same case stepped by the library's plain :class:`Stepper`
     (``loss_and_grads``, no process group) on the whole of each global batch, in the order the sampler
     deals them, with the KL warm-up and validation of ``fit``."""
-    vae, train, val, kwargs = ddp_case.make_case()
+    vae, train, val, kwargs = ddp_case.make_case(posterior)
     sync_param_store(vae)
     scaler = LatentScale(vae.latent_sites)
     stepper = Stepper(scaler(vae.model), scaler(vae.guide), kwargs["optim"], model_objective(vae, "elbo"))
@@ -60,7 +65,7 @@ def one_process():
         vae.eval()
         val_elbos.append(evaluate_elbo(vae, val))
     return {"params": {k: v.detach().clone() for k, v in vae.state_dict().items()}, "step_losses": losses,
-            "val_elbo": val_elbos, "start": ddp_case.make_case()[0].state_dict()}
+            "val_elbo": val_elbos, "start": ddp_case.make_case(posterior)[0].state_dict()}
 
 
 def test_two_ranks_hold_identical_weights_equal_to_one_process_on_the_global_batches(two_ranks, one_process):
