@@ -6,7 +6,7 @@ import sys
 
 from conftest import REPO
 
-from pyro_vae import LIKELIHOODS, NETS, PRIORS
+from pyro_vae import LIKELIHOODS, NETS, POSTERIORS, PRIORS
 
 
 def _own(registry) -> list:
@@ -16,10 +16,10 @@ def _own(registry) -> list:
 
 def test_readme_table_lists_every_config_name():
     text = (REPO / "README.md").read_text()
-    rows = set(re.findall(r"^\| (prior|likelihood|net) \| `([^`]+)` \|", text, flags=re.M))
+    rows = set(re.findall(r"^\| (prior|posterior|likelihood|net) \| `([^`]+)` \|", text, flags=re.M))
     expected = {("prior", n) for n in _own(PRIORS)} | {("likelihood", n) for n in _own(LIKELIHOODS)} | {
-        ("net", n) for n in _own(NETS)}
-    assert rows == expected and len(expected) == 16
+        ("net", n) for n in _own(NETS)} | {("posterior", n) for n in _own(POSTERIORS)}
+    assert rows == expected and len(expected) == 26
 
 
 def test_ci_runs_the_readme_test_command():
