@@ -3,7 +3,7 @@
 ::
 
     model:  z_n ~ p(z | c_n),  x_n ~ p(x | decoder(z_n, c_n))
-    guide:  z_n ~ q(z | x_n, c_n)
+    guide:  z_n ~ q(z | x_n, c_n) = posterior(*encoder(x_n, c_n))     the posterior family, N(loc, scale) by default
 
 ``c`` is a one-hot label (class-conditional generation), a masked image (the
 quadrant-completion task of Sohn et al.: condition on the observed quadrants,
@@ -23,7 +23,7 @@ import torch
 from pyro.infer import Predictive
 
 from .._registry import Registry, spec_name
-from ..distributions import IndependentNormal
+from ..posteriors import make_posterior
 from ..priors import VampPrior, make_prior
 from .base import Model, SampleGrid, Unsupported, _shape
 from .parts import ConditionalNormal, ContextDecoder, ContextEncoder, one_hot
@@ -50,26 +50,29 @@ class CVAE(Model):
         net: family of ``q(z | x, c)`` (dense) and of the decoder (any).
         encoder, decoder: net specs or modules overriding ``net`` for one side.
         name: prefix in Pyro's param store.
+        posterior: the family of ``q(z | x, c)``, a :class:`~pyro_vae.posteriors.Posterior` or its
+            name/dict (``"normal"``, ``"fullrank"``, ``{"name": "iaf", "n_flows": 4}``, ...); it sizes the encoder.
 
     Call ``model(x, c, idx, num_data)``; ``model(c=c)`` with ``x=None`` generates.
     """
 
     inputs = ("x", "c")
-    guide_parts = ("encoder",)  # the guide registers these, the model the rest
+    guide_parts = ("encoder", "posterior")  # the guide registers these, the model the rest
     latent_sites = ("z",)
     label_option = "n_classes"
 
     def __init__(self, data_shape, context_shape=None, latent_dim: int = 10, n_classes: int | None = None,
                  prior="conditional", likelihood="bernoulli", net="mlp", encoder=None, decoder=None,
-                 name: str = "cvae"):
+                 name: str = "cvae", posterior="normal"):
         super().__init__(data_shape, likelihood, name)
         if (context_shape is None) == (n_classes is None):
             raise ValueError("give exactly one of context_shape (any conditioning tensor) or n_classes (labels)")
         self.n_classes = None if n_classes is None else int(n_classes)
         self.context_shape = (self.n_classes,) if n_classes is not None else _shape(context_shape)
         self.latent_dim = int(latent_dim)
+        self.posterior = make_posterior(posterior, self.latent_dim)
         self.encoder = ContextEncoder(net if encoder is None else encoder, self.data_shape, self.context_shape,
-                                      self.latent_dim)
+                                      self.latent_dim, self.posterior.heads)
         self.decoder = ContextDecoder(net if decoder is None else decoder, self.latent_dim, self.context_shape,
                                       self.data_shape, self.likelihood.n_params)
         if spec_name(prior) == "conditional":
@@ -113,7 +116,7 @@ class CVAE(Model):
             raise ValueError("the guide needs data x")
         c = self.context(c)
         with self.data_plate(x, idx, num_data, n):
-            return pyro.sample("z", IndependentNormal(*self.encoder(x, c)))
+            return pyro.sample("z", self.posterior(*self.encoder(x, c)))
 
     # ----------------------------------------------------------------- from a config
     @classmethod
@@ -140,7 +143,8 @@ class CVAE(Model):
     # ----------------------------------------------------------------- fitted-model API
     @torch.no_grad()
     def encode(self, x, c):
-        """``(loc, scale)`` of ``q(z | x, c)``, each ``[B, latent_dim]``."""
+        """The parameters of ``q(z | x, c)``: ``(loc, scale)``, each ``[B, latent_dim]``, for ``"normal"``
+        (``self.posterior.heads`` lists them for any family)."""
         self.check_data(x, support=False)
         return self.encoder(x.to(self.device), self.context(c))
 
@@ -149,7 +153,7 @@ class CVAE(Model):
         if labels is None:
             raise Unsupported("the CVAE's posterior q(z | x, c) needs each point's context c: give data with "
                               "labels (a .npz or .pt file with a 'y' array), or call encode(x, c) from Python")
-        return self.encode(x, labels)[0]
+        return self.posterior.mean(*self.encode(x, labels))
 
     def decoder_context(self, *context):
         if len(context) != 1:

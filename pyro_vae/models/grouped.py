@@ -7,7 +7,7 @@
             z_n ~ p(z - u_{g_n})             for n in plate("data", N, subsample=idx)
             x_n ~ p(x | decoder(z_n))
     guide:  u_g ~ N(m_g, s_g^2)              (mean field, one pair of parameters per group)
-            z_n ~ q(z | x_n)                 (amortised)
+            z_n ~ q(z | x_n)                 (amortised; the posterior family, N(loc, scale) by default)
 
 The two plates are independent: the group terms are not scaled by the data
 plate's ``num_data / batch``, each observation term is. A group's offset moves
@@ -31,6 +31,7 @@ from torch import nn
 
 from ..distributions import IndependentNormal
 from ..nets import inv_softplus, make_decoder, make_encoder
+from ..posteriors import make_posterior
 from ..priors import make_prior
 from .base import Model
 from .parts import OffsetPrior
@@ -52,18 +53,20 @@ class GroupedVAE(Model):
         group_scale: ``"learned"`` (``tau`` fitted by SVI, empirical Bayes) or a fixed ``tau > 0``.
         init_group_scale: starting ``tau`` when learned.
         name: prefix in Pyro's param store.
+        posterior: the family of ``q(z | x)`` (a :class:`~pyro_vae.posteriors.Posterior` or its name/dict);
+            it sizes the encoder. The offsets' ``q(u_g)`` stay mean-field Normal.
 
     Call ``model(x, g, idx, num_data)`` with ``x: [B, *data_shape]`` and ``g: [B]`` group labels.
     """
 
     inputs = ("x", "g")
-    guide_parts = ("encoder", "group_loc", "group_raw_scale")  # the guide registers these, the model the rest
+    guide_parts = ("encoder", "posterior", "group_loc", "group_raw_scale")  # the guide's; the model the rest
     latent_sites = ("u", "z")
     label_option = "num_groups"
 
     def __init__(self, data_shape, num_groups: int | None = None, latent_dim: int = 10, prior="normal",
                  likelihood="negative-binomial", net="mlp", encoder=None, decoder=None,
-                 group_scale="learned", init_group_scale: float = 1.0, name: str = "grouped"):
+                 group_scale="learned", init_group_scale: float = 1.0, name: str = "grouped", posterior="normal"):
         super().__init__(data_shape, likelihood, name)
         if num_groups is None:
             raise ValueError("the grouped model needs num_groups (the number of groups G): train on data with group "
@@ -71,7 +74,9 @@ class GroupedVAE(Model):
         if int(num_groups) < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
         self.num_groups, self.latent_dim = int(num_groups), int(latent_dim)
-        self.encoder = make_encoder(net if encoder is None else encoder, self.data_shape, self.latent_dim)
+        self.posterior = make_posterior(posterior, self.latent_dim)
+        self.encoder = make_encoder(net if encoder is None else encoder, self.data_shape, self.latent_dim,
+                                    self.posterior.heads)
         self.decoder = make_decoder(net if decoder is None else decoder, self.latent_dim, self.data_shape,
                                     self.likelihood.n_params)
         self.prior = OffsetPrior(make_prior(prior, self.latent_dim, self.data_shape))
@@ -120,7 +125,7 @@ class GroupedVAE(Model):
         with pyro.plate("groups", self.num_groups):
             pyro.sample("u", IndependentNormal(self.group_loc, F.softplus(self.group_raw_scale)))
         with self.data_plate(x, idx, num_data, n):
-            return pyro.sample("z", IndependentNormal(*self.encoder(x)))
+            return pyro.sample("z", self.posterior(*self.encoder(x)))
 
     # ----------------------------------------------------------------- fitted-model API
     def offsets(self) -> torch.Tensor:
@@ -129,18 +134,19 @@ class GroupedVAE(Model):
 
     @torch.no_grad()
     def encode(self, x):
-        """``(loc, scale)`` of ``q(z | x)``, each ``[B, latent_dim]``."""
+        """The parameters of ``q(z | x)``: ``(loc, scale)``, each ``[B, latent_dim]``, for ``"normal"``
+        (``self.posterior.heads`` lists them for any family)."""
         self.check_data(x, support=False)
         return self.encoder(x.to(self.device))
 
     @torch.no_grad()
     def corrected(self, x, g):
         """``E[z | x] - E[u_g]``: the latent representation with the group offset removed."""
-        return self.encode(x)[0] - self.offsets()[self._groups(g, x.shape[0])]
+        return self.posterior_mean(x) - self.offsets()[self._groups(g, x.shape[0])]
 
     def posterior_mean(self, x, labels=None):
         """``E_q[z | x]`` (the group offset included; :meth:`corrected` removes it)."""
-        return self.encode(x)[0]
+        return self.posterior.mean(*self.encode(x))
 
     @torch.no_grad()
     def sample(self, n: int, g=None, mean: bool = True):

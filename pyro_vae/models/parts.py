@@ -3,7 +3,7 @@
 * :class:`ConditionalNormal`: a :class:`~pyro_vae.priors.Prior` that takes
   context, ``p(z | c) = N(loc(c), diag(scale(c)^2))``. It is the stage of a
   stacked model, the conditional prior of a CVAE and the upward inference step
-  of a stacked guide.
+  of a stacked guide with the ``"normal"`` posterior.
 * :class:`OffsetPrior`: any prior shifted by a context vector, ``z = u + e``
   with ``e ~ base``; the per-group prior of the grouped model.
 * :class:`ContextEncoder` / :class:`ContextDecoder`: the core encoder and
@@ -140,16 +140,17 @@ class ContextEncoder(nn.Module):
     """``q(z | x, c)``: a core encoder (from a net spec) applied to ``[flatten(x), flatten(c)]``.
 
     ``x: [*b1, *data_shape]``, ``c: [*b2, *context_shape]`` with broadcastable
-    batch dims ``-> (loc, scale)``, each ``[*broadcast(b1, b2), latent_dim]``.
+    batch dims ``-> (p_1, ..., p_k)``, one tensor ``[*broadcast(b1, b2), h_i]`` per
+    posterior head (``heads``; default the diagonal Normal's ``(loc, scale)``).
     Dense families only (``"mlp"``, ``"linear"``, or any module taking a flat vector).
     """
 
-    def __init__(self, net, data_shape, context_shape, latent_dim: int):
+    def __init__(self, net, data_shape, context_shape, latent_dim: int, heads=None):
         super().__init__()
         self.data_shape, self.context_shape = _shape(data_shape), _shape(context_shape)
         flat = math.prod(self.data_shape) + math.prod(self.context_shape)
         _require_dense(net, "encoder")
-        self.net = make_encoder(net, (flat,), latent_dim)
+        self.net = make_encoder(net, (flat,), latent_dim, heads)
 
     def forward(self, x, c):
         return self.net(_concat(_flatten(x, self.data_shape), _flatten(c, self.context_shape)))

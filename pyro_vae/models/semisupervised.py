@@ -5,7 +5,7 @@
     model:  y_n ~ Cat(1/K),  z_n ~ p(z),  x_n ~ p(x | decoder(z_n, y_n))
             + alpha * log q(y_n | x_n)                   (labelled n only, a pyro.factor)
     guide:  y_n ~ q(y | x_n) = Cat(classifier(x_n))      enumerated in parallel
-            z_n ~ q(z | x_n, y_n) = N(encoder(x_n, y_n))
+            z_n ~ q(z | x_n, y_n) = posterior(*encoder(x_n, y_n))     N(loc, scale) by default
 
 Labelled and unlabelled points share one minibatch and one ``"data"`` plate:
 the data are ``(x, y)`` with ``y = -1`` where the label is unknown, so
@@ -37,8 +37,8 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
-from ..distributions import IndependentNormal
 from ..nets import MLP, layer_sizes
+from ..posteriors import make_posterior
 from ..priors import VampPrior, make_prior
 from .base import Model, SampleGrid, Unsupported, write_json
 from .parts import ContextDecoder, ContextEncoder, one_hot
@@ -65,13 +65,16 @@ class SSVAE(Model):
             classifier on the labels alone where Kingma et al.'s ``0.1 N / N_labelled`` = 1.3
             only matches it (benchmarks/RESULTS.md).
         name: prefix in Pyro's param store.
+        posterior: the family of ``q(z | x, y)`` (a :class:`~pyro_vae.posteriors.Posterior` or its
+            name/dict); it sizes the encoder. Under enumeration it is called with parameters
+            ``[K, B, *]``, one row per label value, which every built-in family accepts.
 
     Call ``model(x, y, idx, num_data)`` / ``guide(...)`` with ``x: [B, *data_shape]`` and
     ``y: [B]`` integer labels, ``-1`` for unlabelled points (``y=None``: all unlabelled).
     """
 
     inputs = ("x", "y")
-    guide_parts = ("encoder", "classifier")  # the guide registers these, the model the rest
+    guide_parts = ("encoder", "posterior", "classifier")  # the guide registers these, the model the rest
     latent_sites = ("y", "z")
     max_plate_nesting = 1  # y is enumerated at dim -2, left of the data plate
     objective = "enum"  # fitted and evaluated with TraceEnum_ELBO (objectives.objective_for): y is summed exactly
@@ -79,7 +82,7 @@ class SSVAE(Model):
 
     def __init__(self, data_shape, latent_dim: int = 50, n_classes: int = 10, prior="normal",
                  likelihood="bernoulli", net="mlp", classifier_hidden=(500,), activation: str = "softplus",
-                 alpha: float = 46.0, encoder=None, decoder=None, name: str = "m2"):
+                 alpha: float = 46.0, encoder=None, decoder=None, name: str = "m2", posterior="normal"):
         super().__init__(data_shape, likelihood, name)
         if int(n_classes) < 2:
             raise ValueError(f"n_classes must be >= 2, got {n_classes}")
@@ -89,8 +92,9 @@ class SSVAE(Model):
         flat = math.prod(self.data_shape)
         sizes = layer_sizes(classifier_hidden, "classifier_hidden", "the classifier q(y | x) needs one, e.g. [500]")
         self.classifier = MLP(flat, sizes, [self.n_classes], activation)
+        self.posterior = make_posterior(posterior, self.latent_dim)
         self.encoder = ContextEncoder(net if encoder is None else encoder, self.data_shape, self.n_classes,
-                                      self.latent_dim)
+                                      self.latent_dim, self.posterior.heads)
         self.decoder = ContextDecoder(net if decoder is None else decoder, self.latent_dim, self.n_classes,
                                       self.data_shape, self.likelihood.n_params)
         self.prior = make_prior(prior, self.latent_dim, self.data_shape)
@@ -145,8 +149,8 @@ class SSVAE(Model):
                 pinned = torch.full_like(logits, -math.inf).scatter(-1, labels[:, None], 0.0)
                 logits = torch.where(labelled[:, None], pinned, logits)
             y_site = pyro.sample("y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
-            loc, scale = self.encoder(x, one_hot(y_site, self.n_classes, x.dtype))
-            return pyro.sample("z", IndependentNormal(loc, scale))
+            params = self.encoder(x, one_hot(y_site, self.n_classes, x.dtype))  # [K, B, *] when y is enumerated
+            return pyro.sample("z", self.posterior(*params))
 
     # ----------------------------------------------------------------- fitted-model API
     @torch.no_grad()
@@ -169,7 +173,7 @@ class SSVAE(Model):
 
     @torch.no_grad()
     def encode(self, x, y=None):
-        """``(loc, scale)`` of ``q(z | x, y)``; ``y`` defaults to :meth:`classify`."""
+        """The parameters of ``q(z | x, y)`` (``(loc, scale)`` for ``"normal"``); ``y`` defaults to :meth:`classify`."""
         self.check_data(x, support=False)
         x = x.to(self.device)
         y = self.classify(x) if y is None else y.to(self.device)
@@ -181,8 +185,8 @@ class SSVAE(Model):
         self.check_data(x, support=False)
         x = x.to(self.device)
         classes = torch.eye(self.n_classes, dtype=x.dtype, device=x.device)[:, None]  # [K, 1, K]
-        loc, _ = self.encoder(x, classes)  # [K, N, latent_dim]
-        return torch.einsum("nk,knd->nd", self.predict_proba(x), loc)
+        means = self.posterior.mean(*self.encoder(x, classes))  # [K, N, latent_dim]
+        return torch.einsum("nk,knd->nd", self.predict_proba(x), means)
 
     def decoder_context(self, *context):
         if len(context) != 1:
@@ -194,7 +198,7 @@ class SSVAE(Model):
     def reconstruct(self, x, labels=None):
         """``E[x | z, y]`` at the posterior mean of ``z`` given the most probable label ``y``."""
         y = self.classify(x)
-        return self.decode(self.encode(x, y)[0], y)
+        return self.decode(self.posterior.mean(*self.encode(x, y)), y)
 
     @torch.no_grad()
     def sample(self, n: int, y=None, mean: bool = True):

@@ -5,7 +5,7 @@
     model:  z_L ~ p(z_L),  z_l ~ N(z_l; stage_l(z_{l+1})) for l = L-1..1,  x ~ p(x | decoder(z_1))
 
     guide, "bottom-up" (Burda et al. 2016):
-            z_1 ~ q(z_1 | x),  z_{l+1} ~ q(z_{l+1} | z_l)
+            z_1 ~ q(z_1 | x),  z_{l+1} ~ q(z_{l+1} | z_l)      each q of the posterior family, per layer
 
     guide, "ladder" (Sonderby et al. 2016):
             deterministic upward pass  (m_1, s_1) = enc_1(x),  (m_{l+1}, s_{l+1}) = enc_{l+1}(m_l)
@@ -15,6 +15,16 @@
 In the ladder guide the generative stages are shared with the model, so the
 posterior of each layer is the prior the layer above implies, corrected by
 what the data say (the precision-weighted product of the two Gaussians).
+
+The bottom-up guide takes any posterior family (``posterior``): every layer
+gets its own :class:`~pyro_vae.posteriors.Posterior` (``posteriors[l]``), and
+its parameters come from ``first_encoder(x)`` for layer 1 and from the
+up-stage ``up[l-1](z_{l-1})`` above it. With the default ``"normal"`` the
+up-stages are :class:`~pyro_vae.models.parts.ConditionalNormal`, as before
+families existed; for another family each is an encoder over ``z_{l-1}`` (an
+MLP with ``stage_hidden``, or the linear family when it is empty) sized by
+that layer's posterior. The ladder merges Gaussian precisions, so it takes
+``"normal"`` only.
 
 References:
     1. Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
@@ -28,9 +38,10 @@ import torch
 from pyro.infer import Predictive
 from torch import nn
 
-from .._registry import spec_name
+from .._registry import ComponentError, spec_name
 from ..distributions import IndependentNormal
 from ..nets import layer_sizes, make_decoder, make_encoder
+from ..posteriors import DiagonalNormal, make_posterior
 from ..priors import make_prior
 from .base import Model
 from .parts import ConditionalNormal, precision_merge
@@ -56,16 +67,20 @@ class StackedVAE(Model):
         activation: nonlinearity of the stage networks.
         inference: ``"bottom-up"`` or ``"ladder"`` (see the module docstring).
         name: prefix in Pyro's param store.
+        posterior: the variational family of every layer's ``q`` by name or dict (``"normal"``,
+            ``"fullrank"``, ``{"name": "iaf", "n_flows": 4}``, ...), one module built per layer;
+            a :class:`~pyro_vae.posteriors.Posterior` object only for a single layer.
+            ``"ladder"`` takes ``"normal"`` only.
 
     Sites ``"z1" .. "zL"`` and ``"x"``; data plate ``"data"`` as in :class:`~pyro_vae.models.VAE`.
     From a config, ``latent_dims`` defaults to ``[latent_dim, latent_dim // 2]``.
     """
 
-    guide_parts = ("first_encoder", "up")  # the guide registers these, the model the rest
+    guide_parts = ("first_encoder", "up", "posteriors")  # the guide registers these, the model the rest
 
     def __init__(self, data_shape, latent_dims=(32, 16), prior="normal", likelihood="bernoulli", net="mlp",
                  stage_hidden=None, activation: str = "softplus", inference: str = "bottom-up",
-                 name: str = "stacked"):
+                 name: str = "stacked", posterior="normal"):
         super().__init__(data_shape, likelihood, name)
         dims = [int(d) for d in ([latent_dims] if isinstance(latent_dims, int) else latent_dims)]
         if not dims or min(dims) < 1:
@@ -82,11 +97,40 @@ class StackedVAE(Model):
         # stages[l] is p(z_{l+1} | z_{l+2}) in 0-based layer numbering: context is the layer above.
         self.stages = nn.ModuleList(ConditionalNormal(dims[i], dims[i + 1], stage_hidden, activation)
                                     for i in range(len(dims) - 1))
-        self.first_encoder = make_encoder(net, self.data_shape, dims[0])
-        self.up = nn.ModuleList(ConditionalNormal(dims[i + 1], dims[i], stage_hidden, activation)
-                                for i in range(len(dims) - 1))
+        self.posteriors = self._make_posteriors(posterior, dims, inference)  # they size the encoders
+        self.first_encoder = make_encoder(net, self.data_shape, dims[0], self.posteriors[0].heads)
+        if isinstance(self.posteriors[0], DiagonalNormal):  # the Gaussian up-stages, as before families existed
+            self.up = nn.ModuleList(ConditionalNormal(dims[i + 1], dims[i], stage_hidden, activation)
+                                    for i in range(len(dims) - 1))
+        else:
+            stage_net = {"name": "mlp", "hidden": stage_hidden, "activation": activation} if stage_hidden else "linear"
+            self.up = nn.ModuleList(make_encoder(stage_net, (dims[i],), dims[i + 1], self.posteriors[i + 1].heads)
+                                    for i in range(len(dims) - 1))
         self.prior = make_prior(prior, dims[-1], self.data_shape)
         self.prior.setup(self)
+
+    @staticmethod
+    def _make_posteriors(spec, dims, inference) -> nn.ModuleList:
+        """One posterior per layer from one family spec; refused where this type cannot use the family."""
+        if isinstance(spec, nn.Module) and len(dims) > 1:
+            raise ValueError("StackedVAE builds one posterior per layer: give the family by name or dict (e.g. "
+                             "'iaf' or {'name': 'iaf', 'n_flows': 4}), not a Posterior object")
+        posteriors = nn.ModuleList()
+        for layer, d in enumerate(dims, start=1):
+            try:
+                posteriors.append(make_posterior(spec, d))
+            except ComponentError as err:  # say which layer's size the family refused
+                raise ComponentError(err.kind, f"{err} (StackedVAE layer z{layer} has size {d}; latent_dims {dims})"
+                                     if len(dims) > 1 else str(err)) from err
+        if inference == "ladder" and not isinstance(posteriors[0], DiagonalNormal):
+            raise ValueError(f"StackedVAE with inference 'ladder' merges Gaussian precisions and takes only posterior "
+                             f"'normal', not {posteriors[0].name!r}; use inference 'bottom-up' for that family")
+        return posteriors
+
+    @property
+    def posterior(self):
+        """The top layer's posterior family: with :attr:`encoder`, what a VampPrior on ``z_L`` mixes."""
+        return self.posteriors[-1]
 
     @property
     def latent_sites(self) -> tuple[str, ...]:
@@ -101,7 +145,8 @@ class StackedVAE(Model):
 
     @property
     def encoder(self):
-        """``x -> (loc, scale)`` of the top layer along the deterministic upward path (used by a VampPrior)."""
+        """``x ->`` the top layer's posterior parameters (``(loc, scale)`` for ``"normal"``) along the
+        deterministic upward path (used by a VampPrior, with :attr:`posterior`)."""
         return self._top_posterior
 
     def _top_posterior(self, x):
@@ -125,17 +170,22 @@ class StackedVAE(Model):
         with self.data_plate(x, idx, num_data, n):
             if self.inference == "ladder":
                 return self._ladder(x)
-            loc, scale = self.first_encoder(x)
-            z = pyro.sample(self.latent_sites[0], IndependentNormal(loc, scale))
-            for i, up in enumerate(self.up, start=1):
-                z = pyro.sample(self.latent_sites[i], up(z))
+            z = pyro.sample(self.latent_sites[0], self.posteriors[0](*self.first_encoder(x)))
+            for i in range(1, len(self.latent_dims)):
+                z = pyro.sample(self.latent_sites[i], self.posteriors[i](*self._up_params(i - 1, z)))
             return z
 
+    def _up_params(self, i, z):
+        """Layer ``i + 1``'s posterior parameters (0-based) from the up-stage ``up[i]`` fed ``z`` of layer ``i``."""
+        up = self.up[i]
+        return up.loc_scale(z) if isinstance(up, ConditionalNormal) else up(z)
+
     def _upward(self, x):
-        """The deterministic bottom-up pass: ``[(m_1, s_1), ..., (m_L, s_L)]``."""
+        """The deterministic bottom-up pass: each layer's posterior parameters, ``[(m_1, s_1), ..., (m_L, s_L)]``
+        for ``"normal"``, each stage fed the posterior mean of the layer below."""
         out = [self.first_encoder(x)]
-        for up in self.up:
-            out.append(up.loc_scale(out[-1][0]))
+        for i in range(len(self.up)):
+            out.append(self._up_params(i, self.posteriors[i].mean(*out[-1])))
         return out
 
     def _ladder(self, x):
@@ -149,7 +199,8 @@ class StackedVAE(Model):
     # ----------------------------------------------------------------- fitted-model API
     @torch.no_grad()
     def encode(self, x):
-        """Posterior ``(loc, scale)`` per layer, ``[(loc_1, scale_1), ..., (loc_L, scale_L)]``, each ``[B, d_l]``.
+        """Posterior parameters per layer, ``[(loc_1, scale_1), ..., (loc_L, scale_L)]`` for ``"normal"``
+        (``posteriors[l].heads`` lists them for any family), each ``[B, *]``.
 
         Layer 1 is exact (``q(z_1|x)`` bottom-up); the other layers are conditioned
         on the means of their neighbours instead of samples of them.
@@ -165,7 +216,7 @@ class StackedVAE(Model):
 
     def posterior_mean(self, x, labels=None):
         """``E_q[z_1 | x]``, ``[N, d_1]``: the layer the decoder reads (see :meth:`encode` for every layer)."""
-        return self.encode(x)[0][0]
+        return self.posteriors[0].mean(*self.encode(x)[0])
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True):
