@@ -315,6 +315,34 @@ class HouseholderPosterior(FlowPosterior):
         return self(loc, scale, context).transforms[0](loc)  # an orthogonal map: the mean is the image of loc
 
 
+class _Sylvester(T.Sylvester):
+    """Pyro's Householder Sylvester flow with its map in the arrangement its log-determinant assumes.
+
+    Pyro 1.9.2 computes ``y = x + tanh(x S Q^T + b) Q R`` but scores it with
+    van den Berg et al.'s ``sum log(1 + h' R_ii S_ii)``, which holds for
+    ``y = x + tanh(x Q S^T + b) R^T Q^T`` (the paper's ``z + Q R h(S Q^T z + b)``
+    for row vectors). Its density was then wrong for ``latent_dim >= 2`` and
+    training pushed the "ELBO" above log p(x) (``tests/test_posteriors.py``
+    checks the log-determinant against autograd Jacobians). The parameters, the
+    Householder reflections and the log-determinant are Pyro's; ``Q`` also
+    builds every reflection on the input's device and dtype.
+    """
+
+    def Q(self, x):
+        u = self.u()
+        eye = torch.eye(self.input_dim, dtype=x.dtype, device=x.device)
+        q = eye - 2.0 * torch.outer(u[0], u[0])
+        for i in range(1, u.shape[-2]):
+            q = q @ (eye - 2.0 * torch.outer(u[i], u[i]))
+        return q
+
+    def _call(self, x):
+        q, r, s = self.Q(x), self.R(), self.S()
+        pre = x @ (q @ s.T) + self.b
+        self._cached_logDetJ = torch.log1p(self.dtanh_dx(pre) * r.diagonal() * s.diagonal() + 1e-8).sum(-1)
+        return x + self.tanh(pre) @ (r.T @ q.T)
+
+
 class SylvesterPosterior(FlowPosterior):
     """``n_flows`` Sylvester flows (van den Berg et al. 2018), each with ``householder`` reflections in its
     orthogonal factor. Pyro's Sylvester transform is not conditional: its parameters are shared over x
@@ -328,7 +356,7 @@ class SylvesterPosterior(FlowPosterior):
         super().__init__(latent_dim, n_flows, 0, mean_draws)
         count = self.latent_dim if householder is None else _positive_int(householder, "householder", self.name)
         self.householder = count
-        self.transforms = nn.ModuleList(T.Sylvester(self.latent_dim, count) for _ in range(self.n_flows))
+        self.transforms = nn.ModuleList(_Sylvester(self.latent_dim, count) for _ in range(self.n_flows))
 
 
 class SplinePosterior(FlowPosterior):

@@ -232,7 +232,7 @@ class FlowPrior(Prior):
             "spline-autoregressive": lambda: T.spline_autoregressive(self.latent_dim, hidden, count_bins, bound),
             "spline-coupling": lambda: T.spline_coupling(self.latent_dim, hidden_dims=hidden, count_bins=count_bins,
                                                          bound=bound),
-            "spline": lambda: T.spline(self.latent_dim, count_bins, bound),
+            "spline": lambda: T.spline(self.latent_dim, count_bins=count_bins, bound=bound),
         }[transform]
         self.flows = nn.ModuleList(make() for _ in range(self.n_flows))
 
