@@ -1,6 +1,6 @@
 """Soak test: many short training runs with random valid configs, counting what ran, what was refused, what failed.
 
-Each run draws a config at random (model type, prior, likelihood matched to the
+Each run draws a config at random (model type, prior, posterior, likelihood matched to the
 data, net, objective, KL and lr schedules, batch size, early stopping), trains
 it for a few epochs on the embedded digits through ``pyro_vae.run.train_run``,
 then reloads the run directory and evaluates it, as a user would. Outcomes:
@@ -40,6 +40,12 @@ COUNTS = ["poisson", "negative-binomial", {"name": "zinb", "dispersion": "decode
           {"name": "categorical", "levels": 17}]
 
 
+POSTERIORS = ["normal", "normal", "normal", "student-t", {"name": "lowrank", "rank": 1}, "fullrank",
+              {"name": "iaf", "hidden": [8], "context": 4}, {"name": "planar", "n_flows": 2, "hidden": [8], "context": 4},
+              {"name": "householder", "hidden": [8], "context": 4}, {"name": "sylvester", "n_flows": 2},
+              {"name": "spline", "hidden": [8], "context": 4}]
+
+
 def random_config(rng: random.Random, run_dir: Path) -> dict:
     """A dict of overrides for one run; every draw is a valid value on its own."""
     counts = rng.random() < 0.3  # raw digit intensities 0..16 as counts
@@ -51,6 +57,7 @@ def random_config(rng: random.Random, run_dir: Path) -> dict:
         "model.latent_dim": rng.choice([1, 2, 4, 8]),
         "model.prior": rng.choice(["normal", "laplace", "student-t", {"name": "mog", "n_components": 3},
                                    {"name": "vamp", "n_components": 10}]),
+        "model.posterior": rng.choice(POSTERIORS),
         "model.likelihood": rng.choice(COUNTS if counts else UNIT),
         "model.net": rng.choice([{"name": "mlp", "hidden": [rng.choice([8, 32])]},
                                  {"name": "mlp", "hidden": [16, 16], "activation": "relu"},

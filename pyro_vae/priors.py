@@ -23,7 +23,6 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.distributions import MixtureSameFamily
 
 from ._registry import PRIORS
 from .distributions import DiagNormalMixture, UnitNormal
@@ -188,7 +187,7 @@ class VampPrior(Prior):
             loc, scale = params
             return DiagNormalMixture(loc.new_zeros(self.n_components), loc, scale)
         components = self._posterior(*params)  # batch [K]
-        return MixtureSameFamily(dist.Categorical(logits=params[0].new_zeros(self.n_components)), components)
+        return dist.MixtureSameFamily(dist.Categorical(logits=params[0].new_zeros(self.n_components)), components)
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, n_components={self.n_components}, data_shape={self.data_shape}"

@@ -192,6 +192,22 @@ def test_a_vamp_prior_on_a_stack_mixes_the_top_layer_s_posterior(family):
         torch.testing.assert_close(model.prior().log_prob(z), want)
 
 
+@pytest.mark.parametrize("family", ["normal", "student-t", "lowrank", "fullrank"])
+def test_a_vamp_prior_mixes_the_vae_s_posterior_and_generates(family):
+    """The one-layer VAE's VampPrior is 1/M sum_m q(z | u_m) in the VAE's family; the model draws from it
+    (``sample``, which ``pyro-vae sample`` and the run's figures call)."""
+    torch.manual_seed(0)
+    model = make_model("vae", (1, 8, 8), latent_dim=LATENT, prior={"name": "vamp", "n_components": 4},
+                       net={"name": "mlp", "hidden": [8]}, posterior=family)
+    z = torch.randn(5, LATENT)
+    with torch.no_grad():
+        params = model.encoder(model.prior.pseudo_inputs)
+        components = torch.stack([model.posterior(*(p[m] for p in params)).log_prob(z) for m in range(4)])
+        torch.testing.assert_close(model.prior().log_prob(z), components.logsumexp(0) - math.log(4))
+    draws = model.sample(6)
+    assert draws.shape == (6, 1, 8, 8) and bool(torch.isfinite(draws).all())
+
+
 NOT_NORMAL = [f for f in FAMILIES if f != "normal"]
 
 
