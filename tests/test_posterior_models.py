@@ -238,3 +238,27 @@ def test_refusals_are_one_line_and_the_cli_exits_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err and "iaf" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_evaluation_noise_streams_draw_from_the_posterior_itself(family):
+    """Two estimators of the ELBO must agree: the mean log weight over the evaluation noise streams
+    (``log_importance_weights``: a Gaussian as loc + L eps, a flow as its base draw pushed through its
+    transforms, a Student-t by its inverse CDF) and the mean over the family's own ``rsample`` in Pyro
+    traces. A stream drawing from anything but q (a transposed Cholesky factor, transforms out of order)
+    moves the first by many standard errors."""
+    from pyro_vae.evaluate import log_importance_weights
+    from pyro_vae.importance import densities
+
+    model = build("vae", family, seed=3)
+    x = inputs_for(model)[0]
+    draws = 400
+    with torch.no_grad():
+        streams = log_importance_weights(model, x, num_samples=draws, seed=0).double()  # [N, K]
+        torch.manual_seed(5)
+        with pyro.plate("particles", draws, dim=-2):
+            guide = poutine.trace(model.guide).get_trace(x)
+            replayed = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(x)
+        own = densities(guide, replayed, -2).log_weight.double().T  # [N, K]
+    se = math.sqrt((streams.var(1) / draws + own.var(1) / draws).sum().item()) / x.shape[0]
+    assert abs(streams.mean().item() - own.mean().item()) < 4 * se, (streams.mean(), own.mean(), se)
