@@ -436,11 +436,20 @@ def fit_preprocessing(name: str, raw_train: Tensor, raw_max: float | None = None
 
 
 def as_tensors(data) -> tuple:
-    """``x`` or ``(x, y, ...)`` as a tuple of tensors sharing their first dimension."""
-    tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
-        raise TypeError("data must be a torch.Tensor [N, ...] (or a tuple of tensors sharing the first dimension N); "
-                        "convert with torch.as_tensor(x, dtype=torch.float32)")
+    """``x`` or ``(x, y, ...)`` as a tuple of tensors sharing their first dimension; ``x`` may be a
+    :class:`~pyro_vae.sources.Source` (rows read a minibatch at a time) or a ``torch.utils.data.Dataset``
+    (wrapped as a :class:`~pyro_vae.sources.DatasetSource`, its labels, if any, not passed on)."""
+    from .sources import DatasetSource, Source
+
+    if isinstance(data, torch.utils.data.DataLoader):
+        data = data.dataset
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, Source):
+        data = DatasetSource(data)
+    tensors = (data,) if isinstance(data, (torch.Tensor, Source)) else tuple(data)
+    if not tensors or not all(isinstance(t, (torch.Tensor, Source)) for t in tensors):
+        raise TypeError("data must be a torch.Tensor [N, ...] (or a tuple of tensors sharing the first dimension N), "
+                        "a pyro_vae.sources.Source or a torch Dataset; convert with torch.as_tensor(x, "
+                        "dtype=torch.float32)")
     sizes = {t.shape[0] for t in tensors}
     if len(sizes) != 1:
         raise ValueError(f"data tensors must share their first dimension, got sizes {[t.shape[0] for t in tensors]}")

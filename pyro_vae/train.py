@@ -45,6 +45,7 @@ from .data import as_tensors
 from .evaluate import elbo as evaluate_elbo
 from .objectives import KLSchedule, LatentScale, ShapeJitELBO, model_objective, objective_for
 from .optim import LR_SCHEDULES, OPTIMIZERS, current_lr, make_optimizer, schedulers
+from .sources import chunked_permutation, is_source
 from .step import DIVERGENCE_FACTOR, Divergence, Stepper
 
 __all__ = ["fit", "FitResult", "TrainState", "Callback", "EarlyStopping", "Stepper", "Divergence",
@@ -377,9 +378,15 @@ def fit(vae, data, *, epochs: int = 20, batch_size: int | None = 128, optim=None
         # ---- step: every minibatch of the epoch
         vae.train()
         epoch_data = None  # the last epoch's transformed copy goes before the next is made: one copy at a time
-        epoch_data = tensors if train_transform is None else (train_transform(tensors[0]), *tensors[1:])
+        if train_transform is None:
+            epoch_data = tensors
+        elif is_source(tensors[0]):  # a source transforms each minibatch as it is read
+            epoch_data = (tensors[0].map(train_transform), *tensors[1:])
+        else:
+            epoch_data = (train_transform(tensors[0]), *tensors[1:])
         if shards is None:
-            perm = torch.randperm(n, device=device)
+            chunk = tensors[0].chunk if is_source(tensors[0]) else None  # disk-backed: chunks, then rows in each
+            perm = torch.randperm(n, device=device) if chunk is None else chunked_permutation(n, chunk, device)
             batches = [perm[lo:lo + batch] for lo in range(0, n, batch)]
         else:
             batches = shards.batches(epoch)

@@ -217,7 +217,23 @@ class Model(nn.Module, metaclass=abc.ABCMeta):
 
     # ----------------------------------------------------------------- input checks
     def check_data(self, x, support: bool = True) -> None:
-        """Raise ``ValueError`` naming the problem if ``x: [N, *data_shape]`` cannot be modelled."""
+        """Raise ``ValueError`` naming the problem if ``x: [N, *data_shape]`` cannot be modelled.
+
+        A :class:`~pyro_vae.sources.Source` is checked block by block, in one pass (rows counted from its start).
+        """
+        from ..sources import Source
+
+        if isinstance(x, Source):
+            if x.dim() < 1 or x.shape[1:] != self.data_shape:
+                raise ValueError(self._shape_message(x))
+            if len(x) == 0:
+                raise ValueError("data is empty (0 rows)")
+            for start, block in x.blocks():
+                try:
+                    self.check_data(block, support)
+                except ValueError as err:
+                    raise ValueError(f"{x.name}, rows {start}-{start + len(block) - 1}: {err}") from None
+            return
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"data must be a torch.Tensor of shape [N, {', '.join(map(str, self.data_shape))}], "
                             f"got {type(x).__name__}; convert with torch.as_tensor(x, dtype=torch.float32)")
