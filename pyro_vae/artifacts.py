@@ -301,8 +301,7 @@ def write_figures(model, splits, history: list, run_dir, plan: FigurePlan | None
     """
     run_dir = Path(run_dir)
     plan = plan_figures(splits.data_shape) if plan is None else plan
-    split, x, labels = next(((s, getattr(splits, s), getattr(splits, f"{s}_labels")) for s in ("test", "val", "train")
-                             if len(getattr(splits, s))))
+    split, x, labels = held_out(splits)
     files = {"elbo": plots.plot_history(history, run_dir / "elbo.png")}
     skipped = list(plan.skipped)
     counts = plan.kind == "features" and plots.looks_like_counts(x)
@@ -322,17 +321,9 @@ def write_figures(model, splits, history: list, run_dir, plan: FigurePlan | None
         except Unsupported as err:
             skipped.append((name, f"not defined for this model type: {err}"))
 
-    width = min(8, len(x))
-    originals = x[:min(32, len(x)) // width * width]  # whole rows only, so pairs line up
-    shown_labels = None if labels is None else labels[:len(originals)]
-
     def reconstructions():
-        rows = []
-        for start in range(0, len(originals), width):
-            items = f"{start + 1}-{start + width}" if width > 1 else f"{start + 1}"
-            rows += [f"data {items}", f"reconstruction {items}"]
-        return draw(_interleave_rows(originals, model.reconstruct(originals, shown_labels).cpu(), width),
-                    "reconstructions", width, f"{split} data and their reconstructions", rows)
+        images, width, rows = reconstruction_rows(model, x, labels)
+        return draw(images, "reconstructions", width, f"{split} data and their reconstructions", rows)
 
     def samples():
         grid = model.sample_grid(64)
@@ -381,6 +372,26 @@ def write_figures(model, splits, history: list, run_dir, plan: FigurePlan | None
 
     figure("interpolation", interpolation)
     return _noted(files, plan, skipped, run_dir)
+
+
+def held_out(splits) -> tuple:
+    """``(split, x, labels)``: the data figures show, the test split, else the validation, else the training one."""
+    return next(((s, getattr(splits, s), getattr(splits, f"{s}_labels")) for s in ("test", "val", "train")
+                 if len(getattr(splits, s))))
+
+
+def reconstruction_rows(model, x, labels=None, most: int = 32) -> tuple[torch.Tensor, int, list[str]]:
+    """``(images, width, row_labels)``: up to ``most`` points of ``x`` in whole rows of 8 (fewer for fewer
+    points), each row followed by its reconstructions (``model.reconstruct``), as ``reconstructions.png``
+    and the TensorBoard log show them."""
+    width = min(8, len(x))
+    originals = x[:min(most, len(x)) // width * width]  # whole rows only, so pairs line up
+    shown = None if labels is None else labels[:len(originals)]
+    rows = []
+    for start in range(0, len(originals), width):
+        items = f"{start + 1}-{start + width}" if width > 1 else f"{start + 1}"
+        rows += [f"data {items}", f"reconstruction {items}"]
+    return _interleave_rows(originals, model.reconstruct(originals, shown).cpu(), width), width, rows
 
 
 def _noted(files: dict, plan: FigurePlan, skipped: list, run_dir: Path) -> dict:

@@ -99,6 +99,9 @@ def _train_flags():
                                           "available); under torchrun cuda is cuda:LOCAL_RANK")),
         ("--out", "output.run_dir", dict(metavar="RUN_DIR", help="run directory "
                                          "(default runs/<source>-<prior>-<likelihood>-<timestamp>)")),
+        ("--tensorboard", "output.tensorboard", dict(action="store_const", const=True,
+                                                     help="log the run for TensorBoard to RUN_DIR/tensorboard/ "
+                                                          "(needs the tensorboard package; allowed with --resume)")),
     ]
 
 
@@ -269,13 +272,16 @@ def train_config(args) -> Config:
 
 
 def _resume_settings(args) -> int | None:
-    """``--resume`` continues the saved config; only the total number of epochs may change."""
-    given = [flag for flag, _, _ in TRAIN_FLAGS if flag != "--epochs" and getattr(args, _dest(flag)) is not None]
+    """``--resume`` continues the saved config; only the total number of epochs may change (and
+    ``--tensorboard`` may turn logging on, which changes nothing the run computes)."""
+    given = [flag for flag, _, _ in TRAIN_FLAGS
+             if flag not in ("--epochs", "--tensorboard") and getattr(args, _dest(flag)) is not None]
     if args.config or args.sets or given or args.plugins:
         extra = (["--config"] if args.config else []) + given + (["--set"] if args.sets else []) + \
             (["--plugin"] if args.plugins else [])
         raise ConfigError(f"--resume continues the run with its own saved config; it takes only --epochs, "
-                          f"not {', '.join(extra)}. Start a new run with --config RUN_DIR/config.toml instead")
+                          f"not {', '.join(extra)} (--tensorboard may be added). Start a new run with --config "
+                          "RUN_DIR/config.toml instead")
     return getattr(args, _dest("--epochs"))
 
 
@@ -341,12 +347,19 @@ def _launch(args) -> int:
         _resume_settings(args)
         run_dir = Path(args.resume)
         saved = run_dir / CONFIG
-        device = load_config(saved).train.device if saved.is_file() else "cpu"
+        config = load_config(saved) if saved.is_file() else None
+        device = config.train.device if config else "cpu"
+        logging = getattr(args, _dest("--tensorboard")) or (config is not None and config.output.tensorboard)
     else:
         config = train_config(args)
         run_dir, device = _run_dir(config), config.train.device  # refuses a taken directory before starting
+        logging = config.output.tensorboard
         if not config.output.run_dir:
             argv += ["--out", str(run_dir)]  # one name for all processes, known here for the report
+    if logging:
+        from .tensorboard import require
+
+        require()  # refused here, not by each process
     if resolve_device(device).type == "cuda" and torch.cuda.device_count() < args.nproc:
         raise ConfigError(f"--nproc {args.nproc} with device {device!r} needs {args.nproc} GPUs (one per process); "
                           f"this machine has {torch.cuda.device_count()}: use --nproc {torch.cuda.device_count()}")
@@ -376,7 +389,7 @@ def _train_run(args, stop) -> int:
         epochs = _resume_settings(args)
         _say(args, f"resuming {args.resume}" + (f" up to epoch {epochs}" if epochs else ""))
         result = resume_run(args.resume, epochs=epochs, progress=not args.quiet, stop=stop,
-                            say=lambda text: _say(args, text))
+                            say=lambda text: _say(args, text), tensorboard=getattr(args, _dest("--tensorboard")))
     else:
         config, notes = resolve_config(train_config(args))
         m = config.model

@@ -10,7 +10,7 @@
     [optim]     name, lr, clip_norm, lr_schedule
     [train]     epochs, seed, device, val_every, checkpoint_every, early_stopping, min_delta, on_nonfinite,
                 divergence
-    [output]    run_dir
+    [output]    run_dir, tensorboard, tensorboard_every
     [run]       id, config_hash: the identity of a run, written by the run itself (never a setting)
 
 ``load_config(path)`` / ``Config.from_dict(d)`` validate into typed objects and
@@ -272,6 +272,13 @@ class TrainConfig:
 @dataclass
 class OutputConfig:
     run_dir: str | None = None  # unset: runs/<source>-<prior>-<likelihood>-<timestamp>
+    # TensorBoard event files in RUN_DIR/tensorboard/ (pyro_vae.tensorboard; needs the tensorboard package)
+    tensorboard: bool = False
+    tensorboard_every: int = 50  # the training loss is logged every this many steps
+
+    def check(self) -> None:
+        _require(self.tensorboard_every >= 1, "output.tensorboard_every",
+                 f"must be >= 1 (steps between logged losses), got {self.tensorboard_every}")
 
 
 @dataclass

@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-__all__ = ["plot_history", "save_image_grid", "save_figure", "plot_latent_map", "interpolation_grid", "traversal_grid",
-           "plot_feature_rows", "figure_kind", "image_path", "enlarge", "looks_like_counts", "IMAGE_SHAPES"]
+__all__ = ["plot_history", "save_image_grid", "image_grid", "save_figure", "plot_latent_map", "interpolation_grid",
+           "traversal_grid", "plot_feature_rows", "figure_kind", "image_path", "enlarge", "looks_like_counts", "IMAGE_SHAPES"]
 
 PathLike = str | os.PathLike
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # latent codes [M, d] -> decoded means [M, ...]
@@ -197,17 +197,9 @@ def save_image_grid(images, path: PathLike, nrow: int = 8, data_shape: Sequence[
         raise ValueError(f"{len(row_labels)} row labels for a grid of {rows} rows ({len(x)} images, {columns} a row)")
     image_path(path)  # a name that cannot be written fails before the drawing
 
-    from torchvision.utils import make_grid  # importing torchvision costs ~2 s: only when used
-
     x = enlarge(x, min_size)
-    lo, hi = x.min(), x.max()
-    if lo < 0 or hi > 1:
-        x = (x - lo) / (hi - lo) if hi > lo else torch.full_like(x, 0.5)
     padding = 2
-    grid = make_grid(x, nrow=columns, padding=padding, pad_value=1.0)
-    if grid.dim() == 2:  # make_grid returns a lone image as [H, W]
-        grid = grid.unsqueeze(0)
-    pixels = (grid * 255).round().clamp(0, 255).to(torch.uint8)
+    pixels = image_grid(x, columns, padding=padding)
     # uint8 [H, W] is saved as greyscale ("L"), [H, W, 3] as RGB.
     array = (pixels[0] if x.shape[1] == 1 else pixels.permute(1, 2, 0).contiguous()).numpy()
     if title is None and row_labels is None:
@@ -215,6 +207,32 @@ def save_image_grid(images, path: PathLike, nrow: int = 8, data_shape: Sequence[
     step = x.shape[-2] + padding
     centres = [padding + r * step + (x.shape[-2] - 1) / 2 for r in range(rows)]
     return _framed_grid(array, path, centres, title, row_labels)
+
+
+def image_grid(images, nrow: int = 8, *, min_size: int = 0, padding: int = 2) -> torch.Tensor:
+    """The pixels of :func:`save_image_grid`'s grid, without a file: uint8 ``[C, H, W]`` (C = 1 or 3).
+
+    images: ``[N, C, H, W]`` with C in {1, 3}, or ``[N, H, W]``; ``nrow`` tiles a row, ``padding`` white pixels
+    between them, tiles under ``min_size`` pixels enlarged (:func:`enlarge`), values outside [0, 1] rescaled by
+    the batch's min and max. Also what a run logs to TensorBoard (:mod:`pyro_vae.tensorboard`).
+    """
+    from torchvision.utils import make_grid  # importing torchvision costs ~2 s: only when used
+
+    x = _as_tensor(images)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or len(x) == 0:
+        raise ValueError(f"expected images [N, C, H, W] with C in (1, 3) and N > 0, got shape {tuple(x.shape)}")
+    x = enlarge(x, min_size)
+    lo, hi = x.min(), x.max()
+    if lo < 0 or hi > 1:
+        x = (x - lo) / (hi - lo) if hi > lo else torch.full_like(x, 0.5)
+    grid = make_grid(x, nrow=max(1, min(int(nrow), len(x))), padding=padding, pad_value=1.0)
+    if grid.dim() == 2:  # make_grid returns a lone image as [H, W]
+        grid = grid.unsqueeze(0)
+    if x.shape[1] == 1:  # make_grid repeats one channel three times: keep one
+        grid = grid[:1]
+    return (grid * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def _framed_grid(array: np.ndarray, path: PathLike, centres, title, row_labels) -> Path:

@@ -10,6 +10,7 @@
     best.pt         the same at the best validation ELBO (with early stopping)
     metrics.jsonl   one JSON object per epoch: epoch, train_elbo, val_elbo, kl, recon, seconds (+ lr, ...)
     elbo.png, reconstructions.png, samples.png, latent.png, interpolation.png (those the model defines)
+    tensorboard/    TensorBoard event files, with output.tensorboard (pyro_vae.tensorboard)
 
 Everything is checked (config, data, the built objects) before the run
 directory exists, so a run that cannot start leaves nothing behind. Reported
@@ -40,7 +41,7 @@ from ._io import atomic_write_text
 from .artifacts import (METRIC_KEYS, METRICS, ElboTerms, FigurePlan, RunRecorder, TrainingInterrupted, plan_figures,
                         write_figures)
 from .checkpoint import CHECKPOINT, FORMAT, load_preprocessing, load_run, versions
-from .config import Config, ConfigError, DataConfig, OutputConfig, RunInfo, apply_overrides
+from .config import Config, ConfigError, DataConfig, RunInfo, apply_overrides
 from .data import DataSplits, Preprocessing, load_data_file, load_dataset, source_file
 from .evaluate import Units, data_units, elbo, iwae_log_likelihood
 from .importance import Evaluator
@@ -245,9 +246,13 @@ def train_run(config: Config, *, progress: bool = True, stop: threading.Event | 
     ``say``: where notes about the settings go (the CLI prints them; default: ``warnings.warn``).
     """
     config, _ = resolve_config(config)
+    if config.output.tensorboard:
+        from .tensorboard import require
+
+        require()  # refused before anything is written
     device = resolve_device(config.train.device)
     run_dir = distributed.on_main(lambda: _run_dir(config))  # rank 0's choice (a timestamp) for every rank
-    config = dataclasses.replace(config, output=OutputConfig(run_dir=str(run_dir)))
+    config = dataclasses.replace(config, output=dataclasses.replace(config.output, run_dir=str(run_dir)))
     file = source_file(config.data.source)
     if file is not None:  # found again from any directory (locate_source)
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, source_path=str(file.resolve())))
@@ -270,8 +275,12 @@ def train_run(config: Config, *, progress: bool = True, stop: threading.Event | 
 
 
 def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True,
-               stop: threading.Event | None = None, say: Callable[[str], None] | None = None) -> RunResult:
+               stop: threading.Event | None = None, say: Callable[[str], None] | None = None,
+               tensorboard: bool | None = None) -> RunResult:
     """Continue a run from its ``checkpoint.pt``, to ``epochs`` in total (default: the run's own).
+
+    ``tensorboard``: log to ``RUN_DIR/tensorboard/`` from now on even if the run did not
+    (``output.tensorboard``, which is no part of the run's identity); a run that logged continues to.
 
     Everything comes back from the checkpoint (weights, optimiser and scheduler
     state, RNG states, KL-schedule position, early-stopping state, the fitted
@@ -282,6 +291,12 @@ def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True,
     model, config, payload = load_run(run_dir)  # refuses a damaged, foreign or mismatched checkpoint up front
     if epochs is not None:
         config = apply_overrides(config, {"train.epochs": int(epochs)})
+    if tensorboard:
+        config = apply_overrides(config, {"output.tensorboard": True})
+    if config.output.tensorboard:
+        from .tensorboard import require
+
+        require()  # refused before anything is written
     if payload["epoch"] >= config.train.epochs:
         raise ValueError(f"{run_dir} has already trained {payload['epoch']} of {config.train.epochs} epochs; "
                          f"pass --epochs N with N > {payload['epoch']} to train further")
@@ -302,6 +317,9 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
     """``fit`` with the run's objects and its recorder; however it ends, the recorder saves what it must."""
     config, t = run.config, run.training
     callbacks = [ElboTerms(run.model, run.inputs["val"], config.train.seed), recorder]
+    logger = _tensorboard(run, recorder, resume) if config.output.tensorboard and distributed.is_main() else None
+    if logger is not None:
+        callbacks.append(logger)
     train_transform = None
     if run.splits.preprocessing.binarize == "dynamic":  # a fresh binarisation of the training split each epoch
         train_transform = lambda x: run.splits.train_epoch().to(x.device)  # noqa: E731
@@ -323,7 +341,22 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
         raise recorder.diverged(err) from err
     finally:
         recorder.close()
+        if logger is not None:
+            logger.close()
     return RunResult(recorder.run_dir, config, run.model, run.splits, recorder.records, files, run.units)
+
+
+def _tensorboard(run: _Run, recorder: RunRecorder, resume: TrainState | None):
+    """The run's :class:`~pyro_vae.tensorboard.TensorBoardLogger` in ``RUN_DIR/tensorboard/``: the numbers of
+    its metrics lines, and for image data the grids its figures show (the same held-out points)."""
+    from .artifacts import held_out
+    from .tensorboard import LOG_DIR, TensorBoardLogger
+
+    config, images = run.config, run.figures.kind == "image"
+    _, x, labels = held_out(run.splits) if images else (None, None, None)
+    return TensorBoardLogger(recorder.run_dir / LOG_DIR, every=config.output.tensorboard_every,
+                             log_jacobian=run.units.log_jacobian, config=config, images=x, labels=labels,
+                             samples=64 if images else 0, seed=config.train.seed, resume_from=resume)
 
 
 # --------------------------------------------------------------------------- a saved run

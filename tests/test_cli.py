@@ -188,7 +188,7 @@ def bad_config(tmp_path):
 
 @pytest.mark.parametrize("argv, code, message", [
     (["train", "--set", "model.laten_dim=3"], 2,
-     "unknown key 'model.laten_dim'; [model] takes type, latent_dim, prior, likelihood, net and the options "
+     "unknown key 'model.laten_dim'; [model] takes type, latent_dim, prior, posterior, likelihood, net and the options "
      "of model type 'vae' (encoder, decoder). "
      "Did you mean 'model.latent_dim'?"),
     (["train", "--prior", "gaussian"], 2, "model.prior: unknown prior 'gaussian'; valid prior names are 'normal', "
