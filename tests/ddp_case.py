@@ -1,6 +1,6 @@
 """Helper for tests/test_distributed.py: one small training case, run by each rank under torchrun.
 
-``python -m torch.distributed.run --nproc-per-node 2 ... tests/ddp_case.py OUT [POSTERIOR]`` trains the case with
+``python -m torch.distributed.run --nproc-per-node 2 ... tests/ddp_case.py OUT [CASE]`` trains the case with
 ``fit`` in a gloo process group and saves each rank's weights, step losses and history to ``OUT/rank{r}.pt``.
 The test imports the same case to compute the single-process reference.
 """
@@ -44,25 +44,35 @@ class FixedNoiseVAE(VAE):
             return pyro.sample("z", dist.Delta(z, log_density=q.log_prob(z), event_dim=1))
 
 
-CASES = {  # posterior -> prior: the VampPrior runs the encoder in the model too; it takes no flow posterior
-    "normal": {"name": "vamp", "n_components": 3},
-    "planar": {"name": "mog", "n_components": 3},
+CASES = {  # case -> (posterior, prior, data as a sparse source): the VampPrior runs the encoder in the model too
+    "normal": ("normal", {"name": "vamp", "n_components": 3}, False),
+    "planar": ("planar", {"name": "mog", "n_components": 3}, False),  # a flow: it takes no VampPrior
+    "sparse": ("normal", {"name": "vamp", "n_components": 3}, True),
 }
 
 
-def make_case(posterior: str = "normal"):
-    """``(vae, train, val, fit_kwargs)``: random binary data, a VampPrior (the encoder also runs in the
-    model) or, with the planar flow posterior (whose parameters are trained by every rank), a learned
-    mixture prior, a KL warm-up, and plain SGD, whose step is proportional to the gradient (Adam would
-    hide a wrong gradient scale)."""
+def make_case(case: str = "normal", dense: bool = False):
+    """``(vae, train, val, fit_kwargs)``: random binary data (for the ``sparse`` case a SciPy CSR matrix read
+    a minibatch at a time, unless ``dense``), a VampPrior (the encoder also runs in the model) or, with the
+    planar flow posterior (whose parameters are trained by every rank), a learned mixture prior, a KL
+    warm-up, and plain SGD, whose step is proportional to the gradient (Adam would hide a wrong gradient
+    scale)."""
+    posterior, prior, sparse = CASES[case]
     g = torch.Generator().manual_seed(2)
     x = torch.bernoulli(torch.full((N + N_VAL, DIM), 0.3), generator=g)
     torch.manual_seed(0)
-    vae = FixedNoiseVAE((DIM,), latent_dim=2, prior=CASES[posterior], posterior=posterior,
+    vae = FixedNoiseVAE((DIM,), latent_dim=2, prior=prior, posterior=posterior,
                         net={"name": "mlp", "hidden": [8]}, n_noise=N)
     kwargs = dict(epochs=EPOCHS, batch_size=BATCH, seed=SEED, kl_schedule=KLSchedule("linear", 1.0, warmup=2),
                   optim=sgd(), progress=False)
-    return vae, x[:N], x[N:], kwargs
+    train = x[:N]
+    if sparse and not dense:
+        import scipy.sparse
+
+        from pyro_vae.sources import SparseSource
+
+        train = SparseSource(scipy.sparse.csr_matrix(train.numpy()))
+    return vae, train, x[N:], kwargs
 
 
 def sgd():

@@ -33,6 +33,8 @@ def _torchrun(args, **kwargs):
 
 @pytest.fixture(scope="module", params=sorted(ddp_case.CASES))
 def posterior(request):
+    """The case: ``normal``, ``planar`` (a flow posterior) or ``sparse`` (the ranks read a SciPy CSR source; the
+    one-process reference trains on the same data dense)."""
     return request.param
 
 
@@ -50,7 +52,7 @@ def one_process(posterior):
     """The single-process reference: the same case stepped by the library's plain :class:`Stepper`
     (``loss_and_grads``, no process group) on the whole of each global batch, in the order the sampler
     deals them, with the KL warm-up and validation of ``fit``."""
-    vae, train, val, kwargs = ddp_case.make_case(posterior)
+    vae, train, val, kwargs = ddp_case.make_case(posterior, dense=True)
     sync_param_store(vae)
     scaler = LatentScale(vae.latent_sites)
     stepper = Stepper(scaler(vae.model), scaler(vae.guide), kwargs["optim"], model_objective(vae, "elbo"))
