@@ -31,6 +31,7 @@ from .config import Config
 from .evaluate import elbo_decomposition
 from .importance import Evaluator
 from .models.base import Unsupported
+from .sources import is_source
 from .train import Callback, TrainingDivergedError, TrainState
 
 __all__ = ["RunRecorder", "ElboTerms", "TrainingInterrupted", "write_figures", "plan_figures", "FigurePlan",
@@ -375,9 +376,14 @@ def write_figures(model, splits, history: list, run_dir, plan: FigurePlan | None
 
 
 def held_out(splits) -> tuple:
-    """``(split, x, labels)``: the data figures show, the test split, else the validation, else the training one."""
-    return next(((s, getattr(splits, s), getattr(splits, f"{s}_labels")) for s in ("test", "val", "train")
-                 if len(getattr(splits, s))))
+    """``(split, x, labels)``: the data figures show, the test split, else the validation, else the training one
+    (of a streamed split, its first 2000 points, the most a figure shows, read once as a tensor)."""
+    split, x, labels = next(((s, getattr(splits, s), getattr(splits, f"{s}_labels")) for s in ("test", "val", "train")
+                             if len(getattr(splits, s))))
+    if is_source(x):
+        x = x[:min(len(x), 2000)]
+        labels = None if labels is None else labels[:len(x)]
+    return split, x, labels
 
 
 def reconstruction_rows(model, x, labels=None, most: int = 32) -> tuple[torch.Tensor, int, list[str]]:

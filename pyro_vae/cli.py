@@ -44,6 +44,14 @@ def _int_list(text: str) -> list[int]:
     return sizes
 
 
+def _image_size(text: str):
+    """``28`` or ``28,32``: an image size for ``data.image_size``."""
+    sizes = _int_list(text)
+    if len(sizes) > 2:
+        raise argparse.ArgumentTypeError(f"expected a size S or H,W such as 28,28, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _names(registry) -> str:
     return ", ".join(registry.names(load=False))  # imports nothing: the declared built-in names
 
@@ -58,7 +66,8 @@ def _train_flags():
 
     return [
         ("--dataset", "data.source", dict(metavar="NAME", help=f"built-in dataset: {', '.join(DATASET_NAMES)}")),
-        ("--data", "data.source", dict(metavar="FILE", help="a user data file (.npy, .npz, .csv, .pt) instead")),
+        ("--data", "data.source", dict(metavar="FILE", help="a user data file instead: .npy, .npz (dense or SciPy "
+                                       "sparse), .csv, .pt, .h5ad, or a folder of images in class sub-folders")),
         ("--data-dir", "data.data_dir", dict(metavar="DIR", help="where torchvision datasets are stored")),
         ("--download", "data.download", dict(action="store_const", const=True,
                                              help="download a missing torchvision dataset")),
@@ -67,6 +76,14 @@ def _train_flags():
                                                  "counts: none)")),
         ("--labelled", "data.labelled", dict(type=int, metavar="N", help="model m2: training points that keep "
                                              "their label, balanced over classes (the rest are unlabelled)")),
+        ("--backed", "data.backed", dict(action="store_const", const=True, help=".h5ad: read X from disk a "
+                                         "minibatch at a time (anndata backed mode) instead of into memory")),
+        ("--layer", "data.layer", dict(metavar="NAME", help=".h5ad: this layer instead of X")),
+        ("--labels", "data.labels", dict(metavar="COLUMN", help=".h5ad: the obs column holding the labels")),
+        ("--groups", "data.groups", dict(metavar="COLUMN", help=".h5ad, model grouped: the obs column holding "
+                                         "the groups")),
+        ("--image-size", "data.image_size", dict(type=_image_size, metavar="H,W", help="a folder of images: "
+                                                 "resize each to H x W (or S x S)")),
         ("--model", "model.type", dict(metavar="TYPE", help=f"model type: {_names(MODELS)} "
                                        "(options via --set model.latent_dims=[32,16])")),
         ("--prior", "model.prior", dict(metavar="NAME", help=f"p(z): {_names(PRIORS)}")),
@@ -227,7 +244,8 @@ def _add_encode(commands) -> None:
                     "(e.g. 'scale' divides by the training range); binarisation is not applied.",
         epilog="example:\n  pyro-vae encode runs/RUN data.npy --out latents.npy")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `pyro-vae train`")
-    p.add_argument("data_file", metavar="DATA_FILE", help="raw data (.npy, .npz, .csv, .pt) like the training source")
+    p.add_argument("data_file", metavar="DATA_FILE", help="raw data like the training source (.npy, .npz, .csv, .pt, "
+                   ".h5ad or a folder of images), read as the run read its own")
     p.add_argument("--out", default="latents.npy", metavar="FILE", help="output .npy (default latents.npy)")
     p.add_argument("--batch-size", type=int, default=1024, metavar="B", help="rows per forward pass (default 1024)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda, cuda:N or auto (default cpu)")

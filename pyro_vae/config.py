@@ -3,7 +3,8 @@
 ::
 
     plugins     modules that register components, imported before anything is checked
-    [data]      source, data_dir, download, preprocess, val_fraction, test_fraction, batch_size
+    [data]      source, data_dir, download, preprocess, val_fraction, test_fraction, batch_size, labelled,
+                mmap, backed, layer, var_subset, labels, groups, image_size, channels, chunk
     [model]     latent_dim, prior, likelihood, net     (component = name or {name = ..., options})
     [objective] name, num_particles, kl_weight, kl_schedule, kl_warmup, kl_cycles, kl_ratio,
                 and the objective's own options (alpha = 0.5 for renyi, free_bits = 0.1 for elbo, ...)
@@ -75,7 +76,8 @@ def config_key(key: str):
 
 @dataclass
 class DataConfig:
-    source: str = "digits"  # a name in pyro_vae.data.DATASETS, or a path to a .npy/.npz/.csv/.pt file
+    # a name in pyro_vae.data.DATASETS, or a path to a .npy/.npz/.csv/.pt/.h5ad file or a folder of images
+    source: str = "digits"
     # a file source's absolute path, stored by the run beside the path as given (found again from anywhere)
     source_path: str | None = None
     data_dir: str | None = None  # torchvision datasets live here (unset: $PYRO_VAE_DATA_DIR or ~/.cache/pyro_vae)
@@ -87,6 +89,17 @@ class DataConfig:
     test_fraction: float = 0.1  # unused by torchvision datasets, which keep their official test set
     batch_size: int | None = None  # unset: 128, or every training point if there are fewer; set: exactly this
     labelled: int | None = None  # model type m2: training points that keep their label (balanced over classes)
+    # how a file is read (pyro_vae.data.open_source); unset: the format's own way. A streamed file's splits are
+    # read a minibatch at a time, each split's rows in increasing order
+    mmap: bool | None = None  # a .npy memory-mapped (unset: when larger than pyro_vae.data.MMAP_THRESHOLD, 2 GiB)
+    backed: bool | None = None  # an .h5ad's X read from disk (anndata backed="r") instead of into memory
+    layer: str | None = None  # an .h5ad layer instead of X
+    var_subset: str | None = None  # an .h5ad boolean var column: only the variables where it is true
+    labels: str | None = None  # an .h5ad obs column: the labels (m2, cvae; colours of the latent map)
+    groups: str | None = None  # an .h5ad obs column: the groups of model type grouped (unset: labels)
+    image_size: int | list | None = None  # a folder of images resized to S x S or [H, W] (needed for mixed sizes)
+    channels: int | None = None  # a folder of images as 1 (grayscale) or 3 (RGB) channels; unset: the first image's
+    chunk: int | None = None  # streamed data: rows shuffled together (a backed .h5ad: 4096 unless set)
 
     def batch(self, n_train: int) -> int:
         """The minibatch size for ``n_train`` training points; an explicit size larger than that is an error."""
@@ -110,6 +123,14 @@ class DataConfig:
             _require(0.0 <= value < 1.0, f"data.{name}", f"must be in [0, 1), got {value}")
         if self.batch_size is not None:
             _require(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.image_size is not None:
+            size = [self.image_size] if isinstance(self.image_size, int) else self.image_size
+            _require(len(size) in (1, 2) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                                  for s in size), "data.image_size",
+                     f"must be a size S >= 1 or [height, width], got {self.image_size!r}")
+        _require(self.channels in (None, 1, 3), "data.channels",
+                 f"must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        _require(self.chunk is None or self.chunk >= 1, "data.chunk", f"must be >= 1 rows, got {self.chunk}")
 
 
 def _default_net() -> dict:
@@ -473,12 +494,14 @@ def _coerce(key: str, value, hint):
             return float(value)
         if kind is str and isinstance(value, str):
             return value
+        if kind is list and isinstance(value, list):
+            return _plain(value)
     wanted = " or ".join(_TYPE_NAMES[k] for k in options if k is not type(None))
     raise ConfigError(f"{key}: expected {wanted}, got {_kind(value)} {value!r}")
 
 
 _TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
-               dict: "a table {name = ..., options}"}
+               list: "a list", dict: "a table {name = ..., options}"}
 
 
 def _plain(value):

@@ -1,10 +1,21 @@
-"""Datasets held in memory as float32 CPU tensors: load, split, preprocess once, keep labels.
+"""Datasets as float32 CPU tensors, or streamed from a file a minibatch at a time: load, split, preprocess once.
 
 ``load_dataset(source)`` takes a name from :data:`DATASETS` or a path to a user file
-(``.npy``, ``.npz``, ``.csv``, ``.pt``) and returns a :class:`DataSplits`. Its
-:class:`Preprocessing` is fitted once, on the raw training split, applied to every
-split, kept with them (and in a run's checkpoint) and applied unchanged to any
-file a saved run evaluates or encodes (:func:`load_data_file`).
+(``.npy``, ``.npz``, ``.csv``, ``.pt``, ``.h5ad``, or a folder of images) and returns a
+:class:`DataSplits`. Its :class:`Preprocessing` is fitted once, on the raw training
+split, applied to every split, kept with them (and in a run's checkpoint) and applied
+unchanged to any file a saved run evaluates or encodes (:func:`load_data_file`).
+
+Streamed formats (:func:`open_source`) give splits that are
+:class:`~pyro_vae.sources.SubsetSource` s of the file, by the same seeded permutation
+as a file read whole, each split's rows in increasing order (what backed reads are
+fast at); their preprocessing is fitted in one pass over the training split and
+applied to each minibatch as it is read::
+
+    .npy                 memory-mapped with mmap = true, or when larger than MMAP_THRESHOLD
+    .npz (SciPy sparse)  scipy.sparse.save_npz, told from a NumPy archive by its arrays; rows densified per minibatch
+    .h5ad                anndata, in memory or backed ("r"): X or a layer, a var subset, obs columns as labels
+    a folder of images   torchvision's ImageFolder (ROOT/CLASS/IMAGE), resized to image_size, raw values 0..255
 
 Preprocessings (``data.preprocess``)::
 
@@ -14,7 +25,8 @@ Preprocessings (``data.preprocess``)::
                                                            log|J| = -D log(hi - lo)
     standardize        (x - mean_d) / std_d per feature d (a constant feature is only centred)
                                                            log|J| = -sum_d log std_d
-    binarize           scale, then one seeded Bernoulli draw of every split (not invertible)
+    binarize           scale, then one seeded Bernoulli draw of every split (not invertible); a streamed
+                       split's draw is keyed by seed, row and feature, so every read sees the same one
     dynamic-binarize   scale, a fresh draw of the training split each epoch, one of the others
 
 ``J`` is the Jacobian of the map, so ``log p_raw(x) = log p_model(x') + log|J|``
@@ -30,19 +42,23 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ._registry import PREPROCESSINGS, did_you_mean
+from .sources import AnnDataSource, ArraySource, DatasetSource, Source, SparseSource, SubsetSource, is_source
 
 __all__ = ["DataSplits", "Preprocessing", "load_dataset", "load_file", "load_data_file", "load_digits", "source_file",
-           "load_torchvision", "as_tensors", "fit_preprocessing", "DATASETS", "PREPROCESS", "PREPROCESSINGS",
-           "SUPPORTED_SUFFIXES", "DEFAULT_DATA_DIR"]
+           "load_torchvision", "as_tensors", "fit_preprocessing", "open_source", "Opened", "MissingPackage",
+           "KeyedBernoulli", "DATASETS", "PREPROCESS", "PREPROCESSINGS", "SUPPORTED_SUFFIXES", "STREAMED_SUFFIXES",
+           "MMAP_THRESHOLD", "DEFAULT_DATA_DIR"]
 
-SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv", ".pt")
+SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv", ".pt")  # what load_file reads whole
+STREAMED_SUFFIXES = (".h5ad",)  # read only through open_source (besides .npy, .npz and folders of images)
+MMAP_THRESHOLD = 2 * 2 ** 30  # bytes: a larger .npy is memory-mapped unless data.mmap = false
 DEFAULT_DATA_DIR = Path(os.environ.get("PYRO_VAE_DATA_DIR", "~/.cache/pyro_vae")).expanduser()
 
 _DATA_KEYS = ("x", "data", "X")
@@ -52,11 +68,12 @@ _STD_FLOOR = 1e-6
 
 @dataclass(repr=False)
 class DataSplits:
-    """Train/validation/test tensors [N, *data_shape] float32 on CPU, labels (LongTensor [N]) or None."""
+    """Train/validation/test tensors [N, *data_shape] float32 on CPU (or :class:`~pyro_vae.sources.Source` s of
+    a streamed file), labels (LongTensor [N]) or None."""
 
-    train: Tensor
-    val: Tensor
-    test: Tensor
+    train: Tensor | Source
+    val: Tensor | Source
+    test: Tensor | Source
     train_labels: Tensor | None
     val_labels: Tensor | None
     test_labels: Tensor | None
@@ -64,6 +81,8 @@ class DataSplits:
     preprocess: str
     preprocessing: "Preprocessing" = None  # the map from the raw data, fitted on the raw training split
     clamped: dict = field(default_factory=dict)  # split -> values 'scale' clamped into [0, 1] (outside the map)
+    notes: list = field(default_factory=list)  # how the data were read, where a run should say so
+    fingerprint: dict | None = None  # a backed file's path, size and mtime (Source.fingerprint), checked on resume
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -72,8 +91,11 @@ class DataSplits:
 
     def train_epoch(self, generator: torch.Generator | None = None) -> Tensor:
         """Training tensor for one epoch: a fresh Bernoulli draw of the [0,1] intensities under
-        'dynamic-binarize' (Burda et al. 2016), else `self.train` itself (no copy)."""
+        'dynamic-binarize' (Burda et al. 2016), else `self.train` itself (no copy). A streamed split draws
+        each minibatch as it is read."""
         if self.preprocess == "dynamic-binarize":
+            if is_source(self.train):
+                return self.train.map(partial(torch.bernoulli, generator=generator))
             return torch.bernoulli(self.train, generator=generator)
         return self.train
 
@@ -320,12 +342,271 @@ def load_file(path) -> tuple[Tensor, Tensor | None]:
                                "save numeric arrays with numpy.savez") from err
             if not arrays:
                 raise _bad(path, "the .npz archive holds no arrays", "save the data under key 'x'")
+            if {"format", "shape", "data"} <= set(arrays) and arrays["format"].ndim == 0:
+                raise _bad(path, "holds a SciPy sparse matrix (scipy.sparse.save_npz), which is read a minibatch at "
+                           "a time, never whole", "open it with pyro_vae.data.open_source, or train on it by path")
             data, labels = _pick(path, arrays)
         else:
             data = obj
     x = _as_data(path, data)
     y = None if labels is None else _as_labels(path, labels, len(x))
     return x, y
+
+
+# --------------------------------------------------------------------------- streamed files
+
+class MissingPackage(RuntimeError, ImportError):
+    """A format needs an optional package that is not installed (the message gives the install command)."""
+
+
+class Opened(NamedTuple):
+    """A user file as :func:`open_source` opens it."""
+
+    source: Source
+    labels: Tensor | None  # an .h5ad obs column's codes, an image folder's classes, or None
+    raw_max: float | None  # a known largest raw value ('scale' divides by it): 255 for images
+    note: str | None  # how the file is read, where a run should say so
+
+
+# which format each option applies to (an option set for another format is refused, naming it)
+_APPLIES = {"mmap": (".npy", "a .npy file"), "backed": (".h5ad", ".h5ad files"), "layer": (".h5ad", ".h5ad files"),
+            "var_subset": (".h5ad", ".h5ad files"), "labels": (".h5ad", ".h5ad files (an obs column)"),
+            "groups": (".h5ad", ".h5ad files (an obs column)"), "image_size": ("folder", "a folder of images"),
+            "channels": ("folder", "a folder of images")}
+
+
+def open_source(path, *, mmap: bool | None = None, backed: bool | None = None, layer: str | None = None,
+                var_subset: str | None = None, labels: str | None = None, groups: str | None = None,
+                image_size=None, channels: int | None = None, chunk: int | None = None,
+                strict: bool = True) -> Opened | None:
+    """A user file as a :class:`~pyro_vae.sources.Source` read a minibatch at a time, or ``None`` for a file
+    :func:`load_file` reads whole (a dense .npy below :data:`MMAP_THRESHOLD`, a NumPy .npz, .csv, .pt).
+
+    ``mmap``: memory-map a .npy (``None``: above the threshold); ``backed``: read an .h5ad's X from disk
+    (``anndata.read_h5ad(path, backed="r")``); ``layer``, ``var_subset``: X or a named layer, the variables
+    where a boolean var column is true; ``labels`` or ``groups``: an obs column as integer labels (``groups``
+    wins); ``image_size`` (``S`` or ``[H, W]``) and ``channels`` (1 or 3; unset: the first image's): how a
+    folder's images are read; ``chunk``: rows shuffled together (a backed .h5ad: 4096 unless set).
+    ``strict``: refuse an option that does not apply to the file's format (else ignore it, as a saved run's
+    options are for a file of another format).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such data file; check the path")
+    kind = "folder" if path.is_dir() else path.suffix.lower()
+    given = {"mmap": mmap, "backed": backed, "layer": layer, "var_subset": var_subset, "labels": labels,
+             "groups": groups, "image_size": image_size, "channels": channels}
+    for key, value in given.items():
+        if value not in (None, False) and _APPLIES[key][0] != kind:
+            if strict:
+                what = "a folder" if kind == "folder" else f"a {kind or '(no suffix)'} file"
+                raise _bad(path, f"data.{key} applies to {_APPLIES[key][1]} only, and this is {what}",
+                           f"unset data.{key}")
+            given[key] = None
+    opened = None
+    if kind == "folder":
+        opened = _open_images(path, given["image_size"], given["channels"])
+    elif kind == ".h5ad":
+        opened = _open_h5ad(path, given)
+    elif kind == ".npz":
+        matrix = _sparse_archive(path)
+        if matrix is not None:
+            if 0 in matrix.shape:
+                raise _bad(path, f"the sparse matrix is empty (shape {tuple(matrix.shape)})",
+                           "provide at least one row with at least one feature")
+            if matrix.dtype.kind not in "biuf":
+                raise _bad(path, f"the sparse matrix has non-numeric dtype {matrix.dtype}", "store numbers")
+            opened = Opened(SparseSource(matrix, name=path.name, path=path), None, None, None)
+    elif kind == ".npy" and path.is_file():
+        size = path.stat().st_size
+        if given["mmap"] or (given["mmap"] is None and size > MMAP_THRESHOLD):
+            opened = Opened(_open_npy(path), None, None, None if given["mmap"] else (
+                f"data: {path.name} is {_bytes(size)}, over the {_bytes(MMAP_THRESHOLD)} threshold: memory-mapped, "
+                "each minibatch copied from the file (data.mmap = false reads it whole)"))
+    if opened is None:
+        if chunk is not None and strict:
+            raise _bad(path, "data.chunk applies to streamed data (a memory-mapped .npy, a sparse .npz, an .h5ad, "
+                       "a folder of images), and this file is read whole", "unset data.chunk, or set data.mmap = true")
+        return None
+    if chunk is not None:
+        opened.source.chunk = int(chunk)
+    return opened
+
+
+def _bytes(n: int) -> str:
+    """``n`` bytes for a reader: ``1000 B``, ``23.6 KiB``, ``2 GiB``."""
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def _open_npy(path: Path) -> ArraySource:
+    if path.stat().st_size == 0:
+        raise _bad(path, "file is empty (0 bytes)", "write the data into it or choose another file")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as err:
+        raise _bad(path, f"could not be memory-mapped by numpy.load ({type(err).__name__}: {err})",
+                   "save a numeric array with numpy.save") from err
+    if array.dtype.kind not in "biuf":
+        raise _bad(path, f"data has non-numeric dtype {array.dtype}", "store numbers (int, float or bool)")
+    if array.ndim < 2:
+        raise _bad(path, f"data has shape {array.shape} but must be [N, ...] with at least one feature dim",
+                   "reshape to [N, 1] for a single feature")
+    if array.size == 0:
+        raise _bad(path, f"data is empty (shape {array.shape}, zero rows or features)",
+                   "provide at least one sample with at least one feature")
+    return ArraySource(array, name=path.name, path=path)
+
+
+def _sparse_archive(path: Path):
+    """The SciPy sparse matrix a ``scipy.sparse.save_npz`` archive holds (arrays ``format``, ``shape``, ``data``,
+    ...), or ``None`` for a NumPy archive of arrays (which :func:`load_file` reads, naming any problem)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            files = set(archive.files)
+            if not {"format", "shape", "data"} <= files or archive["format"].ndim != 0:
+                return None
+    except Exception:
+        return None
+    import scipy.sparse as sp
+
+    try:
+        return sp.load_npz(path)
+    except Exception as err:
+        raise _bad(path, f"holds the arrays of a SciPy sparse matrix ({', '.join(sorted(files))}) that "
+                   f"scipy.sparse.load_npz cannot read ({type(err).__name__}: {err})",
+                   "save it with scipy.sparse.save_npz") from err
+
+
+def _open_h5ad(path: Path, given: dict) -> Opened:
+    try:
+        import anndata
+    except ImportError:
+        raise MissingPackage(f"{path}: reading .h5ad files needs the anndata package, which is not installed; "
+                             "pip install \"pyro-vae[anndata]\" (or pip install anndata)") from None
+    try:
+        adata = anndata.read_h5ad(path, backed="r" if given["backed"] else None)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise _bad(path, f"could not be read by anndata.read_h5ad ({type(err).__name__}: {first})",
+                   "write it with AnnData.write_h5ad") from err
+    try:
+        if adata.n_obs == 0 or adata.n_vars == 0:
+            raise _bad(path, f"is empty ({adata.n_obs} observations x {adata.n_vars} variables)",
+                       "provide at least one observation with at least one variable")
+        source = AnnDataSource(adata, layer=given["layer"], var_subset=given["var_subset"], name=path.name,
+                               path=path)
+        if source.columns is not None and len(source.columns) == 0:
+            raise _bad(path, f"var column {given['var_subset']!r} is false for every variable",
+                       "choose a column that selects some (e.g. highly_variable after selecting genes)")
+        column, what = (given["groups"], "groups") if given["groups"] else (given["labels"], "labels")
+        labels = None if column is None else source.obs_column(column, what)[0]
+    except Exception:
+        if adata.isbacked:
+            adata.file.close()
+        raise
+    return Opened(source, labels, None, None)
+
+
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+class _ImagePoint:
+    """An image file as a float32 ``[C, H, W]`` tensor of raw values 0..255: converted to ``mode`` ("L" or
+    "RGB"), resized to ``size`` (``(H, W)``, bilinear) where given."""
+
+    def __init__(self, mode: str, size: tuple[int, int] | None):
+        self.mode, self.size = mode, size
+
+    def __call__(self, file) -> Tensor:
+        from PIL import Image
+
+        with Image.open(file) as image:
+            image = image.convert(self.mode)
+            if self.size is not None and image.size != (self.size[1], self.size[0]):
+                image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))
+        return pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1).contiguous()
+
+
+def _open_images(path: Path, image_size, channels) -> Opened:
+    """A folder of images in one sub-folder per class (torchvision's ``ImageFolder``), decoded per minibatch."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    fix = f"put the images ({', '.join(IMG_EXTENSIONS[:4])}, ...) in one sub-folder per class: {path}/CLASS/NAME.png"
+    try:
+        folder = ImageFolder(str(path), allow_empty=True)
+    except FileNotFoundError:
+        raise _bad(path, "holds no class sub-folders of images", fix) from None
+    if not folder.samples:
+        raise _bad(path, f"holds no images in its sub-folders ({', '.join(folder.classes)})", fix)
+    size = None if image_size is None else (
+        (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size))
+    seen: dict = {}
+    for file, _ in (folder.samples if size is None else folder.samples[:1]):  # headers only: nothing decoded
+        try:
+            with Image.open(file) as image:
+                seen.setdefault((image.size, "L" if image.mode in _GRAY_MODES else "RGB"), Path(file))
+        except (UnidentifiedImageError, OSError) as err:
+            raise _bad(path, f"{file} is not an image PIL can read ({err})", "remove it or replace it") from None
+        sizes = {s for s, _ in seen}
+        if len(sizes) > 1:
+            (a, _), first = next(iter(seen.items()))
+            (b, _), other = next((k, f) for k, f in seen.items() if k[0] != a)
+            raise _bad(path, f"holds images of different sizes ({first.name} is {a[1]}x{a[0]}, {other.name} is "
+                       f"{b[1]}x{b[0]}, height x width)", "set data.image_size = [height, width] (--image-size H,W) "
+                       "to resize them all")
+    first_mode = next(iter(seen))[1]
+    mode = first_mode if channels is None else ("L" if int(channels) == 1 else "RGB")
+    folder.loader = _ImagePoint(mode, size)
+    return Opened(DatasetSource(folder, name=path.name), torch.as_tensor(folder.targets).long(), 255.0, None)
+
+
+# a static binarisation of a streamed split: a counter-based draw (the "lowbias32" integer hash, C. Wellons),
+# computed in int64 without overflow, so a row's draw depends on (key, row, feature) only, never on the minibatch
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """``x * c mod 2**32`` for ``x`` in [0, 2**32), in two 16-bit halves of ``c`` so no product leaves int64."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def _hash32(x: Tensor) -> Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keyed_uniform(key: int, rows: Tensor, features: int) -> Tensor:
+    """Uniform draws on [0, 1) ``[len(rows), features]`` (24 bits each) that depend only on ``key``, the row
+    and the feature: the same values whichever rows are read together."""
+    row = _hash32((rows.long() & _MASK32) ^ _hash32(torch.tensor(int(key) & _MASK32)))
+    feature = _hash32(torch.arange(features, dtype=torch.long) ^ 0x5BD1E995)
+    return (_hash32(row[:, None] ^ feature[None, :]) >> 8).to(torch.float32) * 2.0 ** -24
+
+
+class KeyedBernoulli(Source):
+    """One Bernoulli draw of every value of ``base`` (probabilities in [0, 1]), keyed by ``key``, row and feature
+    (:func:`keyed_uniform`): a static binarisation read a minibatch at a time, the same draw at every read."""
+
+    def __init__(self, base: Source, key: int):
+        super().__init__(len(base), base.point_shape, base.name)
+        self.base, self.key, self.chunk = base, int(key), base.chunk
+
+    def _read(self, rows):
+        p = self.base.to("cpu")[rows]
+        u = keyed_uniform(self.key, torch.from_numpy(rows), math.prod(self.point_shape)).reshape(p.shape)
+        return (u < p).to(torch.float32)
+
+    def fingerprint(self):
+        return self.base.fingerprint()
 
 
 # --------------------------------------------------------------------------- splitting / preprocessing
@@ -341,7 +622,10 @@ def _split_sizes(n: int, fractions: tuple[float, ...], name: str) -> list[int]:
     return sizes
 
 
-def _take(x: Tensor, y: Tensor | None, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+def _take(x: Tensor | Source, y: Tensor | None, idx: Tensor, split: str = "") -> tuple[Tensor | Source, Tensor | None]:
+    if is_source(x):  # the split's rows in increasing order, what backed reads are fast at; nothing is copied
+        idx = idx.sort().values
+        return SubsetSource(x, idx, name=f"{x.name} ({split} split)"), (None if y is None else y[idx])
     return x[idx], (None if y is None else y[idx])
 
 
@@ -352,7 +636,7 @@ class Preprocessing:
     Fitted once on the raw training split (:func:`fit_preprocessing`); binarisation
     (``binarize``: ``"static"`` or ``"dynamic"``) is a draw on top of the map and
     is not part of ``__call__``. ``shift`` and ``scale`` are 0-d or per feature
-    (``[*data_shape]``).
+    (``[*data_shape]``). A :class:`~pyro_vae.sources.Source` is mapped a minibatch at a time as it is read.
     """
 
     name: str
@@ -361,18 +645,27 @@ class Preprocessing:
     clamp: bool = False
     binarize: str | None = None
 
-    def __call__(self, x: Tensor) -> Tensor:
-        x = (x - self.shift) / self.scale
+    def __call__(self, x: Tensor | Source) -> Tensor | Source:
+        if is_source(x):
+            return x.map(self)
+        x = (x - self.shift.to(x.device)) / self.scale.to(x.device)  # .to: the same tensor on its own device
         return x.clamp(0.0, 1.0) if self.clamp else x
 
-    def binarized(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A Bernoulli draw of mapped ``x`` where this preprocessing binarises (as the held-out splits were), else ``x``."""
-        return torch.bernoulli(x, generator=generator) if self.binarize else x
+    def binarized(self, x: Tensor | Source, generator: torch.Generator | None = None) -> Tensor | Source:
+        """A Bernoulli draw of mapped ``x`` where this preprocessing binarises (as the held-out splits were), else
+        ``x``. A source gets a draw keyed by its rows (:class:`KeyedBernoulli`, the key drawn from ``generator``)."""
+        if not self.binarize:
+            return x
+        if is_source(x):
+            return KeyedBernoulli(x, int(torch.randint(2 ** 31, (), generator=generator)))
+        return torch.bernoulli(x, generator=generator)
 
-    def clamped(self, x: Tensor) -> int:
+    def clamped(self, x: Tensor | Source) -> int:
         """How many values of raw ``x`` the map clamps into [0, 1] (the Jacobian does not hold for them)."""
         if not self.clamp:
             return 0
+        if is_source(x):
+            return sum(self.clamped(block) for _, block in x.blocks())
         y = (x - self.shift) / self.scale
         return int(((y < 0) | (y > 1)).sum())
 
@@ -403,11 +696,42 @@ class Preprocessing:
         return cls(**state)
 
 
+def _min_max(raw: Tensor | Source) -> tuple[Tensor, Tensor]:
+    """The smallest and largest value (0-d tensors); a source in one pass over its blocks."""
+    if not is_source(raw):
+        return raw.min(), raw.max()
+    lo = hi = None
+    for _, block in raw.blocks():
+        b_lo, b_hi = block.min(), block.max()
+        lo, hi = (b_lo, b_hi) if lo is None else (torch.minimum(lo, b_lo), torch.maximum(hi, b_hi))
+    return lo, hi
+
+
+def _std_mean(raw: Tensor | Source) -> tuple[Tensor, Tensor]:
+    """Per-feature standard deviation (no correction) and mean over the rows; a source in one pass over its blocks,
+    merging each block's float64 mean and sum of squared deviations (Chan, Golub & LeVeque 1979)."""
+    if not is_source(raw):
+        return torch.std_mean(raw, dim=0, correction=0)
+    n, mean, m2 = 0, None, None
+    for _, block in raw.blocks():
+        b = block.double()
+        k, b_mean = len(b), b.mean(0)
+        b_m2 = ((b - b_mean) ** 2).sum(0)
+        if mean is None:
+            n, mean, m2 = k, b_mean, b_m2
+            continue
+        delta, total = b_mean - mean, n + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + b_m2 + delta ** 2 * (n * k / total)
+        n = total
+    return (m2 / n).sqrt().float(), mean.float()
+
+
 def _unit_range(name: str, raw: Tensor, raw_max: float | None, binarize: str | None = None) -> Preprocessing:
     """Into [0, 1]: divide by a known raw maximum, else min-max of the training split (if not already inside)."""
     if raw_max is not None:
         return Preprocessing(name, torch.zeros(()), torch.tensor(float(raw_max)), True, binarize)
-    lo, hi = raw.min(), raw.max()
+    lo, hi = _min_max(raw)
     if lo < 0 or hi > 1:
         return Preprocessing(name, lo, torch.clamp(hi - lo, min=torch.finfo(torch.float32).tiny), True, binarize)
     return Preprocessing(name, torch.zeros(()), torch.ones(()), True, binarize)
@@ -415,7 +739,7 @@ def _unit_range(name: str, raw: Tensor, raw_max: float | None, binarize: str | N
 
 def _standard(raw: Tensor, raw_max=None) -> Preprocessing:
     """Per feature, mean and standard deviation of the training split; a constant feature is only centred."""
-    std, mean = torch.std_mean(raw, dim=0, correction=0)
+    std, mean = _std_mean(raw)
     return Preprocessing("standardize", mean, torch.where(std < _STD_FLOOR, torch.ones_like(std), std))
 
 
@@ -430,8 +754,9 @@ PREPROCESSINGS.register("standardize", _standard, doc="zero mean and unit varian
 PREPROCESS = tuple(PREPROCESSINGS.names())
 
 
-def fit_preprocessing(name: str, raw_train: Tensor, raw_max: float | None = None) -> Preprocessing:
-    """The preprocessing ``name`` fitted on the raw training split (``raw_max``: a built-in set's known maximum)."""
+def fit_preprocessing(name: str, raw_train: Tensor | Source, raw_max: float | None = None) -> Preprocessing:
+    """The preprocessing ``name`` fitted on the raw training split (``raw_max``: a built-in set's known maximum);
+    the built-in ones fit a :class:`~pyro_vae.sources.Source` in one pass over its blocks."""
     return PREPROCESSINGS[name].factory(raw_train, raw_max=raw_max)
 
 
@@ -466,13 +791,14 @@ def source_file(source: str) -> Path | None:
 
 def load_dataset(source: str, *, data_dir=None, download: bool = False, preprocess: str = "scale",
                  val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-                 preprocessing: Preprocessing | None = None) -> DataSplits:
+                 preprocessing: Preprocessing | None = None, **options) -> DataSplits:
     """Load a named dataset or a user file, split it with a seeded permutation, preprocess.
 
     Torchvision datasets keep their official test set (``test_fraction`` unused) and take
     ``val_fraction`` of the official train set as validation; others split by both fractions.
     The preprocessing ``preprocess`` is fitted on the raw training split, unless a fitted
-    one is given (a saved run's, applied unchanged).
+    one is given (a saved run's, applied unchanged). ``options``: how a file is read
+    (:func:`open_source`); a streamed file's splits are sources of it (see the module docstring).
     """
     if preprocess not in PREPROCESS:
         raise ValueError(f"unknown preprocess {preprocess!r}; valid: {', '.join(PREPROCESS)}."
@@ -480,55 +806,77 @@ def load_dataset(source: str, *, data_dir=None, download: bool = False, preproce
     source = str(source)
     key = source.lower().replace("_", "-")
     gen = torch.Generator().manual_seed(int(seed))
+    notes: list[str] = []
 
     if key in DATASETS and not Path(source).is_file():
         name, raw_max = key, _RAW_MAX[key]
+        for option, value in options.items():
+            if value not in (None, False):
+                raise ValueError(f"data.{option} applies to data files, and {source!r} is a built-in data set; "
+                                 f"unset data.{option}")
         root = Path(data_dir).expanduser() if data_dir is not None else DEFAULT_DATA_DIR
         x, y, xt, yt = DATASETS[key](root, download)
     else:
         path = Path(source).expanduser()
-        if not (path.exists() or path.suffix.lower() in SUPPORTED_SUFFIXES or os.sep in source or "/" in source):
-            raise ValueError(f"unknown dataset {source!r} and no such file; valid names: "
-                             f"{', '.join(DATASETS)}, or a path to a {'/'.join(SUPPORTED_SUFFIXES)} file."
-                             + did_you_mean(key, DATASETS))
+        if not (path.exists() or path.suffix.lower() in SUPPORTED_SUFFIXES + STREAMED_SUFFIXES or os.sep in source
+                or "/" in source):
+            suffixes = "/".join(SUPPORTED_SUFFIXES + STREAMED_SUFFIXES)
+            raise ValueError(f"unknown dataset {source!r} and no such file; valid names: {', '.join(DATASETS)}, or a "
+                             f"path to a {suffixes} file or a folder of images." + did_you_mean(key, DATASETS))
         name, raw_max = path.name, None
-        x, y = load_file(path)
+        opened = open_source(path, **options)
+        if opened is None:
+            x, y = load_file(path)
+        else:
+            x, y, raw_max, note = opened
+            notes += [note] if note else []
         xt = yt = None
 
     n = len(x)
     perm = torch.randperm(n, generator=gen)
     if xt is None:
         n_val, n_test = _split_sizes(n, (val_fraction, test_fraction), name)
-        test, test_y = _take(x, y, perm[:n_test])
-        val, val_y = _take(x, y, perm[n_test:n_test + n_val])
-        train, train_y = _take(x, y, perm[n_test + n_val:])
+        test, test_y = _take(x, y, perm[:n_test], "test")
+        val, val_y = _take(x, y, perm[n_test:n_test + n_val], "validation")
+        train, train_y = _take(x, y, perm[n_test + n_val:], "training")
     else:
         (n_val,) = _split_sizes(n, (val_fraction,), name)
-        val, val_y = _take(x, y, perm[:n_val])
-        train, train_y = _take(x, y, perm[n_val:])
+        val, val_y = _take(x, y, perm[:n_val], "validation")
+        train, train_y = _take(x, y, perm[n_val:], "training")
         test, test_y = xt, yt
+    fingerprint = x.fingerprint() if is_source(x) else None
     del x
     pre = fit_preprocessing(preprocess, train, raw_max) if preprocessing is None else preprocessing
     clamped = {split: pre.clamped(part) for split, part in (("val", val), ("test", test)) if pre.clamp}
-    train, val, test = (pre(p) for p in (train, val, test))
+    train, val, test = (pre(p) for p in (train, val, test))  # a source: mapped as each minibatch is read
+    draw = torch.bernoulli if not is_source(train) else pre.binarized  # a source: a draw keyed by its rows
     if pre.binarize == "static":
-        train, val, test = (torch.bernoulli(p, generator=gen) for p in (train, val, test))
+        train, val, test = (draw(p, generator=gen) for p in (train, val, test))
     elif pre.binarize == "dynamic":
-        val, test = (torch.bernoulli(p, generator=gen) for p in (val, test))
+        val, test = (draw(p, generator=gen) for p in (val, test))
     return DataSplits(train=train, val=val, test=test, train_labels=train_y, val_labels=val_y,
                       test_labels=test_y, name=name, preprocess=pre.name, preprocessing=pre,
-                      clamped={k: v for k, v in clamped.items() if v})
+                      clamped={k: v for k, v in clamped.items() if v}, notes=notes, fingerprint=fingerprint)
 
 
-def load_data_file(path, data_shape, preprocessing: Preprocessing | None = None) -> tuple:
-    """A raw user file (:func:`load_file`) mapped like the training data: ``(x, labels | None)``.
+def load_data_file(path, data_shape, preprocessing: Preprocessing | None = None, **options) -> tuple:
+    """A raw user file (:func:`load_file`, or :func:`open_source` with ``options``, those of the run; any
+    that do not apply to this file's format are ignored) mapped like the training data: ``(x, labels | None)``.
 
-    Rows holding the right number of values are reshaped to ``data_shape``;
+    Rows holding the right number of values are reshaped to ``data_shape`` (a streamed file's must have it);
     without ``preprocessing`` the values are returned as stored. Binarisation is
     not applied here (see :meth:`Preprocessing.binarized`).
     """
-    x, labels = load_file(path)
     data_shape = tuple(data_shape)
+    opened = open_source(path, **options, strict=False)
+    if opened is not None:
+        x = opened.source
+        if tuple(x.point_shape) != data_shape:
+            raise ValueError(f"{path}: rows of shape {tuple(x.point_shape)} do not fit the model, which was trained on "
+                             f"data points of shape {data_shape}; pass data with the training data's features (and "
+                             "shape), or train a run on this data")
+        return (x if preprocessing is None else preprocessing(x)), opened.labels
+    x, labels = load_file(path)
     if x.shape[1:] != data_shape:
         if x[0].numel() != torch.Size(data_shape).numel():
             raise ValueError(f"{path}: rows of shape {tuple(x.shape[1:])} do not fit the model, which was trained on "

@@ -46,11 +46,12 @@ from .data import DataSplits, Preprocessing, load_data_file, load_dataset, sourc
 from .evaluate import Units, data_units, elbo, iwae_log_likelihood
 from .importance import Evaluator
 from .models.base import SampleGrid, Unsupported
+from .sources import is_source
 from .train import TrainingDivergedError, TrainState, fit
 
 __all__ = ["RunResult", "TrainingInterrupted", "train_run", "resume_run", "evaluate_run", "sample_run",
            "encode_run", "resolve_config", "load_splits", "load_data_file", "Preprocessing", "write_figures",
-           "default_run_dir", "resolve_device", "METRICS", "METRIC_KEYS"]
+           "default_run_dir", "resolve_device", "file_options", "METRICS", "METRIC_KEYS"]
 
 
 class RunResult(NamedTuple):
@@ -91,12 +92,12 @@ def locate_source(data: DataConfig, run_dir) -> tuple[DataConfig, str | None]:
     if data.source_path is None:  # a built-in data set, or a run of 0.1.0: as given
         return data, None
     stored, given = Path(data.source_path), Path(data.source).expanduser()
-    if stored.is_file():
+    if stored.exists():  # a file, or a folder of images
         return dataclasses.replace(data, source=str(stored)), None
     places = ([] if given.is_absolute() else [("relative to the run directory", Path(run_dir) / given)]) + [
         ("relative to the current directory", given)]
     for where, path in places:
-        if path.is_file():
+        if path.exists():
             return dataclasses.replace(data, source=str(path)), (
                 f"data: {path} ({where}; the path the run stored, {stored}, does not exist)")
     tried = ", ".join(str(p) for _, p in places)
@@ -104,16 +105,48 @@ def locate_source(data: DataConfig, run_dir) -> tuple[DataConfig, str | None]:
                             f"{tried}; put it back, or give a file with --data")
 
 
-def load_splits(data: DataConfig, seed: int, preprocessing: Preprocessing | None = None) -> DataSplits:
+def load_splits(data: DataConfig, seed: int, preprocessing: Preprocessing | None = None, *,
+                model_type: str | None = None) -> DataSplits:
     """The train/val/test splits a run uses (the split permutation is seeded by ``train.seed``);
-    ``preprocessing``: a saved run's, applied unchanged instead of fitted again."""
+    ``preprocessing``: a saved run's, applied unchanged instead of fitted again; ``model_type``: the run's,
+    which decides whether ``data.groups`` (model type ``grouped``) or ``data.labels`` gives the labels."""
     if data.preprocess is None and preprocessing is None:
         raise ValueError("data.preprocess is unset, so the likelihood chooses it: pass the config through "
                          "pyro_vae.run.resolve_config(config) first (a run's saved config is resolved)")
     preprocess = preprocessing.name if preprocessing is not None else data.preprocess
     return load_dataset(data.source, data_dir=data.data_dir, download=data.download, preprocess=preprocess,
                         val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=seed,
-                        preprocessing=preprocessing)
+                        preprocessing=preprocessing, **file_options(data, model_type))
+
+
+def file_options(data: DataConfig, model_type: str | None = None) -> dict:
+    """How the run reads its data file (:func:`pyro_vae.data.open_source`): the ``[data]`` keys of the format.
+    ``data.groups`` is for model type ``grouped`` only (refused with another type)."""
+    groups = data.groups
+    if groups is not None and model_type is not None and model_type != "grouped":
+        raise ConfigError(f"data.groups: only model type 'grouped' takes groups, and model.type is {model_type!r}; "
+                          "unset data.groups (data.labels names the labels of other types)")
+    return {"mmap": data.mmap, "backed": data.backed, "layer": data.layer, "var_subset": data.var_subset,
+            "labels": data.labels, "groups": groups, "image_size": data.image_size, "channels": data.channels,
+            "chunk": data.chunk}
+
+
+def _data_changed(payload: dict, splits: DataSplits) -> bool:
+    """Whether a streamed file differs from the one the checkpoint's run read (its ``data_fingerprint``), by size
+    or modification time (not by path: the file may have moved)."""
+    saved, now = payload.get("data_fingerprint"), splits.fingerprint
+    return bool(saved and now) and (saved["size"], saved["mtime_ns"]) != (now["size"], now["mtime_ns"])
+
+
+def _check_fingerprint(payload: dict, splits: DataSplits, run_dir) -> None:
+    """Refuse to resume on a streamed file that changed since the run trained on it: its minibatches would be
+    other data than the checkpoint's."""
+    if _data_changed(payload, splits):
+        now = splits.fingerprint
+        raise ValueError(f"{now['path']}: the data file changed since {run_dir} trained on it (its size or "
+                         f"modification time differs: {payload['data_fingerprint']['size']} bytes then, "
+                         f"{now['size']} now), so a resume would read other data; put back the file it trained on, "
+                         f"or start a new run with --config {Path(run_dir) / 'config.toml'} --out NEW_DIR")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -233,9 +266,12 @@ def _prepare(config: Config, splits: DataSplits, model) -> _Run:
 
 
 def _info(run: _Run) -> dict:
-    """What every checkpoint of the run holds besides the training state."""
-    return {"format": FORMAT, "data_shape": list(run.splits.data_shape), "config": run.config.to_dict(),
+    """What every checkpoint of the run holds besides the training state (and a streamed file's fingerprint)."""
+    info = {"format": FORMAT, "data_shape": list(run.splits.data_shape), "config": run.config.to_dict(),
             "preprocess": run.splits.preprocessing.state(), "versions": versions()}
+    if run.splits.fingerprint is not None:
+        info["data_fingerprint"] = dict(run.splits.fingerprint)
+    return info
 
 
 def train_run(config: Config, *, progress: bool = True, stop: threading.Event | None = None,
@@ -257,8 +293,13 @@ def train_run(config: Config, *, progress: bool = True, stop: threading.Event | 
     if file is not None:  # found again from any directory (locate_source)
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, source_path=str(file.resolve())))
     pyro.set_rng_seed(config.train.seed)  # before the weights are drawn; fit(seed=None) leaves the RNG alone
-    splits = load_splits(config.data, config.train.seed)
+    splits = load_splits(config.data, config.train.seed, model_type=config.model.type)
     say = say or (lambda text: warnings.warn(text, UserWarning, stacklevel=3))
+    for note in splits.notes:
+        say(note)
+    if config.data.mmap is None and file is not None and file.suffix.lower() == ".npy" and is_source(splits.train):
+        # memory-mapped for its size: the saved config says so, and so reads it the same way whatever the threshold
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, mmap=True))
     _check_size(config, splits, device, say)
     model, model_config = build.model(config.model, splits.data_shape, splits.train_labels)
     config = dataclasses.replace(config, model=model_config)  # label counts from the data, saved with the run
@@ -304,7 +345,10 @@ def resume_run(run_dir, *, epochs: int | None = None, progress: bool = True,
     data, note = locate_source(config.data, run_dir)
     if note:
         (say or (lambda text: warnings.warn(text, UserWarning, stacklevel=2)))(note)
-    splits = load_splits(data, config.train.seed, load_preprocessing(payload, config))
+    splits = load_splits(data, config.train.seed, load_preprocessing(payload, config), model_type=config.model.type)
+    _check_fingerprint(payload, splits, run_dir)
+    for text in splits.notes:
+        (say or (lambda text: warnings.warn(text, UserWarning, stacklevel=2)))(text)
     run = _prepare(config, splits, model)
     info = {**_info(run), "format": payload["format"], "data_shape": payload["data_shape"]}
     recorder = RunRecorder(run_dir, info, checkpoint_every=config.train.checkpoint_every,
@@ -323,6 +367,8 @@ def _train(run: _Run, recorder: RunRecorder, *, resume: TrainState | None, stop)
     train_transform = None
     if run.splits.preprocessing.binarize == "dynamic":  # a fresh binarisation of the training split each epoch
         train_transform = lambda x: run.splits.train_epoch().to(x.device)  # noqa: E731
+        if is_source(run.splits.train):  # a streamed split: each minibatch drawn as it is read
+            train_transform = torch.bernoulli
     try:
         if distributed.is_main():  # only now, everything checked: a run that cannot start leaves nothing behind
             recorder.open(config, "pyro-vae train --resume" if resume is not None else "pyro-vae train")
@@ -384,11 +430,15 @@ def _held_out(run_dir, split: str, data_file, seed: int | None, device) -> _Held
     note = None
     if data_file is None:
         data, note = locate_source(config.data, run_dir)
-        splits = load_splits(data, config.train.seed, preprocessing)
+        splits = load_splits(data, config.train.seed, preprocessing, model_type=config.model.type)
         x, labels = getattr(splits, split), getattr(splits, f"{split}_labels")
         clamped = splits.clamped.get(split, 0)
+        if _data_changed(payload, splits):
+            changed = (f"data: {splits.fingerprint['path']} changed since the run trained on it (size or "
+                       "modification time); the splits are read from the file as it is now")
+            note = changed if note is None else f"{note}; {changed}"
     else:
-        raw, labels = load_data_file(data_file, model.data_shape)
+        raw, labels = load_data_file(data_file, model.data_shape, **_file_options_for(model, config))
         clamped = preprocessing.clamped(raw)
         x = preprocessing.binarized(preprocessing(raw), torch.Generator().manual_seed(seed))  # as the splits were
         split = "file"
@@ -396,6 +446,15 @@ def _held_out(run_dir, split: str, data_file, seed: int | None, device) -> _Held
         raise ValueError(f"the {split} split of {run_dir} is empty (its fraction is 0 in the config); "
                          "choose another --split")
     return _HeldOut(model, config, payload, seed, x, labels, split, clamped, preprocessing, note)
+
+
+def _file_options_for(model, config: Config) -> dict:
+    """The run's way of reading a file, for a file it evaluates or encodes: labels only where the model takes
+    them (a plain VAE encodes an .h5ad without the run's obs column)."""
+    options = file_options(config.data, config.model.type)
+    if len(model.inputs) == 1:
+        options.update(labels=None, groups=None)
+    return options
 
 
 def evaluate_run(run_dir, *, split: str = "test", data_file=None, num_particles: int = 1, seed: int | None = None,
@@ -462,7 +521,8 @@ def encode_run(run_dir, data_file, *, batch_size: int = 1024, device="cpu") -> t
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model, config, payload = load_run(run_dir, map_location=device)
-    x, labels = load_data_file(data_file, model.data_shape, load_preprocessing(payload, config))
+    x, labels = load_data_file(data_file, model.data_shape, load_preprocessing(payload, config),
+                               **_file_options_for(model, config))
     model.check_data(x, support=False)
     with _model_type(config), torch.no_grad():
         return torch.cat([model.posterior_mean(x[i:i + batch_size], None if labels is None else
