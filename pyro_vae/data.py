@@ -119,13 +119,8 @@ def load_digits() -> tuple[Tensor, Tensor]:
 _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 
 
-def load_torchvision(name: str, root, download: bool = False, train: bool = True) -> tuple[Tensor, Tensor]:
-    """MNIST / Fashion-MNIST / KMNIST official train or test set: x [N, 1, 28, 28] float32 raw
-    0..255, labels [N]. Files live under ``root/<ClassName>/raw``.
-
-    Without ``download``, the raw ``.gz`` archives found there are verified (MD5) and
-    unpacked by torchvision's own utilities, so no network is needed; a missing file is named.
-    """
+def _torchvision_raw(name: str, root, download: bool = False, train: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`load_torchvision`'s images as stored, uint8 [N, 1, 28, 28] (a quarter of the float32 size)."""
     import torchvision.datasets as tvd
 
     key = name.lower().replace("_", "-")
@@ -146,8 +141,18 @@ def load_torchvision(name: str, root, download: bool = False, train: bool = True
             raise
         raise FileNotFoundError(f"{key} not found under {root / cls.__name__ / 'raw'}; pass --download "
                                 "(or download=True) to fetch it") from err
-    x = ds.data.unsqueeze(1).to(torch.float32)  # no PIL: read the uint8 tensor directly
-    return x, ds.targets.clone().long()
+    return ds.data.unsqueeze(1), ds.targets.clone().long()  # no PIL: the uint8 tensor directly
+
+
+def load_torchvision(name: str, root, download: bool = False, train: bool = True) -> tuple[Tensor, Tensor]:
+    """MNIST / Fashion-MNIST / KMNIST official train or test set: x [N, 1, 28, 28] float32 raw
+    0..255, labels [N]. Files live under ``root/<ClassName>/raw``.
+
+    Without ``download``, the raw ``.gz`` archives found there are verified (MD5) and
+    unpacked by torchvision's own utilities, so no network is needed; a missing file is named.
+    """
+    x, y = _torchvision_raw(name, root, download, train)
+    return x.to(torch.float32), y
 
 
 def _unpack_archives(cls, root: Path) -> list[str]:
@@ -178,12 +183,13 @@ def _digits_source(root: Path, download: bool):
 
 
 def _torchvision_source(name: str, root: Path, download: bool):
-    x, y = load_torchvision(name, root, download=download, train=True)
-    xt, yt = load_torchvision(name, root, download=download, train=False)
-    return x, y, xt, yt
+    x, y = _torchvision_raw(name, root, download=download, train=True)
+    xt, yt = _torchvision_raw(name, root, download=download, train=False)
+    return x, y, xt, yt  # uint8: load_dataset splits them and converts each split to float32 after
 
 
-# name -> loader(root, download) -> (x, labels, official_test_x | None, official_test_labels | None)
+# name -> loader(root, download) -> (x, labels, official_test_x | None, official_test_labels | None), x and
+# official_test_x raw values of any real dtype (load_dataset converts each split to float32)
 DATASETS: dict[str, Callable] = {
     "digits": _digits_source,
     "mnist": partial(_torchvision_source, "mnist"),
@@ -651,6 +657,20 @@ class Preprocessing:
         x = (x - self.shift.to(x.device)) / self.scale.to(x.device)  # .to: the same tensor on its own device
         return x.clamp(0.0, 1.0) if self.clamp else x
 
+    def _map_owned(self, x: Tensor) -> tuple[Tensor, int]:
+        """``(self(x), how many values the clamp moved)`` for a float tensor the caller owns, mapped in place
+        (bitwise the values of ``__call__``, without its temporaries) where the map's dtype allows it."""
+        shift, scale = self.shift.to(x.device), self.scale.to(x.device)
+        if x.dtype != torch.result_type(x, shift) or x.dtype != torch.result_type(x, scale) \
+                or tuple(torch.broadcast_shapes(x.shape, shift.shape, scale.shape)) != tuple(x.shape):
+            x = (x - shift) / scale
+        else:
+            x = x.sub_(shift).div_(scale)
+        if not self.clamp:
+            return x, 0
+        count = sum(int(((b < 0) | (b > 1)).sum()) for b in x.split(1024))  # in blocks: a bool sum is int64-sized
+        return x.clamp_(0.0, 1.0), count
+
     def binarized(self, x: Tensor | Source, generator: torch.Generator | None = None) -> Tensor | Source:
         """A Bernoulli draw of mapped ``x`` where this preprocessing binarises (as the held-out splits were), else
         ``x``. A source gets a draw keyed by its rows (:class:`KeyedBernoulli`, the key drawn from ``generator``)."""
@@ -845,10 +865,17 @@ def load_dataset(source: str, *, data_dir=None, download: bool = False, preproce
         train, train_y = _take(x, y, perm[n_val:], "training")
         test, test_y = xt, yt
     fingerprint = x.fingerprint() if is_source(x) else None
-    del x
-    pre = fit_preprocessing(preprocess, train, raw_max) if preprocessing is None else preprocessing
-    clamped = {split: pre.clamped(part) for split, part in (("val", val), ("test", test)) if pre.clamp}
-    train, val, test = (pre(p) for p in (train, val, test))  # a source: mapped as each minibatch is read
+    shared_test = xt is not None and xt.dtype == torch.float32  # a loader's own tensor: mapped in a copy
+    del x, xt, perm
+    if is_source(train):
+        pre = fit_preprocessing(preprocess, train, raw_max) if preprocessing is None else preprocessing
+        clamped = {split: pre.clamped(part) for split, part in (("val", val), ("test", test)) if pre.clamp}
+        train, val, test = (pre(p) for p in (train, val, test))  # mapped as each minibatch is read
+    else:  # each split is a tensor of ours (a copy by _take, or the official test set): converted, mapped in place
+        train, val, test = train.to(torch.float32), val.to(torch.float32), test.to(torch.float32, copy=shared_test)
+        pre = fit_preprocessing(preprocess, train, raw_max) if preprocessing is None else preprocessing
+        (train, _), (val, n_val), (test, n_test) = (pre._map_owned(p) for p in (train, val, test))
+        clamped = {"val": n_val, "test": n_test} if pre.clamp else {}
     draw = torch.bernoulli if not is_source(train) else pre.binarized  # a source: a draw keyed by its rows
     if pre.binarize == "static":
         train, val, test = (draw(p, generator=gen) for p in (train, val, test))
