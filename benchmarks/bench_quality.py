@@ -23,6 +23,23 @@ agree to their Monte Carlo error).
     python benchmarks/bench_quality.py --epochs 10                  # MNIST, K = 5000 on 1000 test images
     python benchmarks/bench_quality.py --epochs 10 --test-points 10000
     python benchmarks/bench_quality.py --quick                      # digits, tiny: seconds (run by the tests)
+    python benchmarks/bench_quality.py --models vae --posterior iaf --posterior-options '{"n_flows": 4}'
+
+``--posterior NAME`` (a family of ``pyro_vae.POSTERIORS``; options as JSON)
+trains the library model with that variational family; the reference stays the
+hand-written diagonal Normal, so the comparison reads "this family against the
+diagonal posterior at equal epochs on the same networks". With a non-normal
+family the library model's encoder has more outputs (and the posterior its own
+parameters), so the reference cannot be a deep copy: it is a separate diagonal
+library model built with the same seed whose every shared weight is then
+overwritten by the family model's initial one: the whole decoder (and prior),
+the encoder's hidden layers, and the encoder's output rows of the first two
+heads (loc and a positive scale in every built-in family). The two models
+differ only in the family's extra heads and parameters. The table also gives the paired difference
+``reference NLL - library NLL`` over the same test images with its standard
+error (positive: the library model is better). Published figures for the
+families (Kingma et al. 2016; Rezende & Mohamed 2015) are in ANCHORS.md and the
+``published`` column; their networks differ from these MLPs.
 
 The published figures (thousands of epochs on GPUs) are in ANCHORS.md; the
 comparison that matters here is library against reference at equal epochs.
@@ -47,22 +64,51 @@ import torch.nn.functional as F
 from pyro_vae import VAE, fit, iwae_log_likelihood, make_optimizer
 from pyro_vae.data import load_dataset
 from pyro_vae.models import StackedVAE
+from pyro_vae.posteriors import POSTERIORS
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
 PUBLISHED = {"vae": 86.76, "vamp": 85.57, "two": 85.33}  # ANCHORS.md: Burda et al. 2016; Tomczak & Welling 2018
+# ANCHORS.md, richer posteriors (other networks): (the family's NLL, its paper's diagonal/baseline NLL, source)
+PUBLISHED_POSTERIOR = {
+    "iaf": (79.10, 81.08, "Kingma et al. 2016, Table 1, ResNets: IAF vs diagonal"),
+    "planar": (85.1, 89.9, "Rezende & Mohamed 2015: planar K=80 vs DLGM baseline"),
+}
 
 
 # ----------------------------------------------------------------------------- the models
-def build(kind: str, data_shape, hidden: int, latent: int, components: int, activation: str = "tanh"):
+def build(kind: str, data_shape, hidden: int, latent: int, components: int, activation: str = "tanh",
+          posterior="normal"):
     net = {"name": "mlp", "hidden": [hidden, hidden], "activation": activation}
     if kind == "vae":
-        return VAE(data_shape, latent, prior="normal", likelihood="bernoulli", net=net)
+        return VAE(data_shape, latent, prior="normal", likelihood="bernoulli", net=net, posterior=posterior)
     if kind == "vamp":
         return VAE(data_shape, latent, prior={"name": "vamp", "n_components": components}, likelihood="bernoulli",
-                   net=net)
+                   net=net, posterior=posterior)
+    if (posterior if isinstance(posterior, str) else posterior["name"]) != "normal":
+        raise ValueError(f"--posterior: model {kind!r} takes no posterior family; use --models vae (or vamp)")
     return StackedVAE(data_shape, [2 * latent, latent], likelihood="bernoulli", net=net,
                       stage_hidden=[hidden // 2, hidden // 2], activation=activation)
+
+
+def diagonal_twin(lib, kind, data_shape, args):
+    """A diagonal-Normal library model holding ``lib``'s initial weights wherever the two share a weight.
+
+    Built with the same seed, then every tensor of its state whose name ``lib`` shares is copied from
+    ``lib``: equal shapes whole (decoder, prior, hidden layers), and the encoder's output layer by its
+    first rows, which are the loc and scale heads in every family (``lib`` emits more heads after them).
+    """
+    torch.manual_seed(args.seed)
+    twin = build(kind, data_shape, args.hidden, args.latent, args.components, args.activation)
+    theirs = lib.state_dict()
+    state = twin.state_dict()
+    for name, value in state.items():
+        other = theirs.get(name)
+        if other is None or other.dim() != value.dim() or other.shape[1:] != value.shape[1:] \
+                or other.shape[0] < value.shape[0]:
+            raise ValueError(f"{name}: no matching weight in the {args.posterior!r} model to copy")
+        value.copy_(other[: value.shape[0]])
+    return twin
 
 
 # ----------------------------------------------------------------------------- the hand-written reference
@@ -106,6 +152,17 @@ def log_weights(m, kind: str, x: torch.Tensor, k: int) -> torch.Tensor:
     return log_lik + log_prior - log_q
 
 
+def log_weights_family(m, x: torch.Tensor, k: int) -> torch.Tensor:
+    """As :func:`log_weights` for any posterior family: ``q = m.posterior(*m.encoder(x))`` drawn and scored by
+    its own ``rsample``/``log_prob`` and the prior by ``m.prior().log_prob``, outside Pyro's traces and the
+    library's noise streams (an independent check of ``iwae_log_likelihood``, not a hand-written model)."""
+    q = m.posterior(*m.encoder(x))
+    z = q.rsample((k,))
+    logits = m.decoder(z).flatten(2)
+    log_lik = -F.binary_cross_entropy_with_logits(logits, x.flatten(1).expand_as(logits), reduction="none").sum(-1)
+    return log_lik + m.prior().log_prob(z) - q.log_prob(z)
+
+
 def train_reference(m, kind, x_train, epochs, batch_size, lr, seed):
     """The hand-written loop: per epoch a fresh binarisation and permutation, Adam on the mean -ELBO."""
     torch.manual_seed(seed)
@@ -124,24 +181,26 @@ def train_reference(m, kind, x_train, epochs, batch_size, lr, seed):
 
 
 @torch.no_grad()
-def iwae_reference(m, kind, x, k, chunk=250, seed=0):
-    """Hand-written IWAE: ``logmeanexp_k log_weights`` per point, particles in chunks; mean over points."""
+def iwae_reference(m, kind, x, k, chunk=250, seed=0, weights=None):
+    """Hand-written IWAE: ``logmeanexp_k log_weights`` per point, particles in chunks: ``[N]`` (float64)."""
     torch.manual_seed(seed)
+    weights = weights or (lambda batch, n: log_weights(m, kind, batch, n))
     per_point = []
     for lo in range(0, len(x), 100):
         batch = x[lo:lo + 100]
-        lw = torch.cat([log_weights(m, kind, batch, min(chunk, k - s)) for s in range(0, k, chunk)])
+        lw = torch.cat([weights(batch, min(chunk, k - s)) for s in range(0, k, chunk)])
         per_point.append(torch.logsumexp(lw.double(), 0) - math.log(k))
-    return torch.cat(per_point).mean().item()
+    return torch.cat(per_point)
 
 
 # ----------------------------------------------------------------------------- one comparison
 def run(kind, data, x_test, args) -> dict:
     torch.manual_seed(args.seed)
-    lib = build(kind, data.data_shape, args.hidden, args.latent, args.components, args.activation)
+    lib = build(kind, data.data_shape, args.hidden, args.latent, args.components, args.activation, args.posterior_spec)
     if kind == "vamp":
         lib.prior.init_from(data.train)  # pseudo-inputs start at training images, as `pyro-vae train` does
-    ref = copy.deepcopy(lib)  # identical initial weights
+    # identical initial weights: a deep copy, or for another family a diagonal twin holding the shared ones
+    ref = copy.deepcopy(lib) if args.posterior == "normal" else diagonal_twin(lib, kind, data.data_shape, args)
     start = time.perf_counter()  # the optimiser is built inside the timed span, as fit built it before
     fit(lib, data.train, epochs=args.epochs, batch_size=args.batch_size, optim=make_optimizer("adam", lr=args.lr),
         seed=args.seed, train_transform=torch.bernoulli, progress=not args.quiet)
@@ -151,13 +210,28 @@ def run(kind, data, x_test, args) -> dict:
     ref_s = time.perf_counter() - start
     lib.eval()
     ref.eval()
+    start = time.perf_counter()
     lib_ll = iwae_log_likelihood(lib, x_test, num_samples=args.k, seed=args.seed)
-    ref_ll = iwae_reference(ref, kind, x_test, args.k, seed=args.seed)
-    cross = None if args.no_cross else iwae_reference(lib, kind, x_test, args.k, seed=args.seed + 1)
-    row = {"model": kind, "activation": args.activation, "epochs": args.epochs, "k": args.k, "test_points": len(x_test),
-           "lib_nll": -lib_ll.mean, "lib_stderr": lib_ll.stderr, "ref_nll": -ref_ll,
-           "lib_nll_by_reference_estimator": None if cross is None else -cross, "lib_train_s": round(lib_s, 1), "ref_train_s": round(ref_s, 1),
-           "published_nll": PUBLISHED[kind] if args.dataset == "mnist" else None}
+    lib_eval_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ref_pp = iwae_reference(ref, kind, x_test, args.k, seed=args.seed)
+    ref_eval_s = time.perf_counter() - start
+    cross = None
+    if not args.no_cross:
+        family = None if args.posterior == "normal" else (lambda batch, n: log_weights_family(lib, batch, n))
+        cross = iwae_reference(lib, kind, x_test, args.k, seed=args.seed + 1, weights=family).mean().item()
+    gain = lib_ll.per_point.double() - ref_pp  # ref NLL - lib NLL, paired over the same images: > 0, library better
+    published = PUBLISHED_POSTERIOR.get(args.posterior) if args.dataset == "mnist" else None
+    row = {"model": kind, "posterior": args.posterior, "posterior_options": args.posterior_options,
+           "activation": args.activation, "epochs": args.epochs, "k": args.k, "test_points": len(x_test),
+           "lib_nll": -lib_ll.mean, "lib_stderr": lib_ll.stderr, "ref_nll": -ref_pp.mean().item(),
+           "ref_minus_lib_nll": gain.mean().item(),
+           "ref_minus_lib_stderr": (gain.std() / math.sqrt(len(gain))).item() if len(gain) > 1 else float("nan"),
+           "lib_nll_by_reference_estimator": None if cross is None else -cross, "lib_train_s": round(lib_s, 1),
+           "ref_train_s": round(ref_s, 1), "lib_eval_s": round(lib_eval_s, 1), "ref_eval_s": round(ref_eval_s, 1),
+           "published_nll": PUBLISHED[kind] if args.dataset == "mnist" and args.posterior == "normal" else None,
+           "published_family_nll": published and published[0], "published_diagonal_nll": published and published[1],
+           "published_source": published and published[2]}
     print(json.dumps(row), flush=True)
     return row
 
@@ -178,7 +252,8 @@ def load(args):
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="vae,vamp,two")
+    p.add_argument("--models", default=None, help="comma-separated subset of vae, vamp, two (default: all three "
+                   "with --posterior normal, else vae)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--k", type=int, default=5000, help="importance samples of the IWAE estimate")
     p.add_argument("--test-points", type=int, default=1000, help="test images scored (10000: the whole set)")
@@ -196,8 +271,25 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--no-cross", action="store_true", help="skip scoring the library model with the reference's "
                    "estimator (saves a third of the evaluation time)")
+    p.add_argument("--posterior", default="normal", help=f"the library model's variational family, one of "
+                   f"{', '.join(POSTERIORS.names())} (the reference stays diagonal)")
+    p.add_argument("--posterior-options", default="{}", help='the family\'s options as JSON, e.g. \'{"n_flows": 4}\'')
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args(argv)
+    if args.posterior not in POSTERIORS.names():
+        p.error(f"--posterior {args.posterior!r}: unknown family; choose from {', '.join(POSTERIORS.names())}")
+    try:
+        options = json.loads(args.posterior_options)
+    except json.JSONDecodeError as e:
+        p.error(f"--posterior-options: not JSON ({e}); write e.g. '{{\"n_flows\": 4}}'")
+    if not isinstance(options, dict):
+        p.error("--posterior-options: give a JSON object, e.g. '{\"n_flows\": 4}'")
+    args.posterior_options = options
+    if args.models is None:
+        args.models = "vae,vamp,two" if args.posterior == "normal" else "vae"
+    if args.posterior != "normal" and "two" in args.models.split(","):
+        p.error("--posterior: model 'two' takes no posterior family; use --models vae (or vamp)")
+    args.posterior_spec = {"name": args.posterior, **options} if options else args.posterior
     if args.quick:
         args.epochs, args.k, args.hidden, args.latent, args.components, args.quiet = 2, 50, 16, 4, 10, True
         args.test_points = min(args.test_points, 200)
@@ -212,14 +304,20 @@ def main(argv=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     lines = [f"Test NLL (nats, lower is better), IWAE K={args.k} on {len(x_test)} {args.dataset} test images, "
-             f"{args.epochs} epochs", "",
-             "| model | pyro_vae | hand-written reference | pyro_vae scored by the reference's estimator | "
-             "published | train s (lib / ref) |", "|---|---|---|---|---|---|"]
+             f"{args.epochs} epochs; the reference is the hand-written diagonal Normal", "",
+             "| model | posterior | pyro_vae | hand-written reference | reference - pyro_vae (paired) | "
+             "pyro_vae scored by the reference's estimator | published | train s (lib / ref) | eval s (lib / ref) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cross = r["lib_nll_by_reference_estimator"]
-        lines.append(f"| {r['model']} | {r['lib_nll']:.2f} +- {r['lib_stderr']:.2f} | {r['ref_nll']:.2f} | "
-                     f"{'-' if cross is None else f'{cross:.2f}'} | {r['published_nll'] or '-'} | "
-                     f"{r['lib_train_s']} / {r['ref_train_s']} |")
+        published = r["published_nll"] or "-"
+        if r["published_family_nll"]:
+            published = f"{r['published_family_nll']} vs {r['published_diagonal_nll']} ({r['published_source']})"
+        family = r["posterior"] + (f" {json.dumps(r['posterior_options'])}" if r["posterior_options"] else "")
+        lines.append(f"| {r['model']} | {family} | {r['lib_nll']:.2f} +- {r['lib_stderr']:.2f} | {r['ref_nll']:.2f} | "
+                     f"{r['ref_minus_lib_nll']:+.2f} +- {r['ref_minus_lib_stderr']:.2f} | "
+                     f"{'-' if cross is None else f'{cross:.2f}'} | {published} | "
+                     f"{r['lib_train_s']} / {r['ref_train_s']} | {r['lib_eval_s']} / {r['ref_eval_s']} |")
     (out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

@@ -20,6 +20,19 @@ Both use torch's Adam with the same kernel (fused where torch has one).
     python benchmarks/bench_train.py                 # all cases, writes benchmarks/results/train.{json,md}
     python benchmarks/bench_train.py --quick         # tiny sizes, seconds (run by the test suite)
     python benchmarks/bench_train.py --cases b128,tiny --repeats 40
+    python benchmarks/bench_train.py --posteriors all --cases b128   # each variational family against the default
+
+``--posteriors`` (a comma-separated list of ``pyro_vae.POSTERIORS`` families,
+or ``all``) times, for each case, the library VAE with each family against the
+same VAE with the diagonal default ``normal`` and the hand-written reference,
+all in one process and rotated within every round (each round runs a block of
+steps of every implementation, the starting one moving on by one each round).
+"step" is the same Stepper step as above; "epoch" is a pass over the data of
+that step with the data pipeline (binarisation, permutation, slicing), one
+epoch of every implementation per round, and its ratio the median over rounds
+of the two epochs measured in that round. Every family uses the case's network
+and objective; only the encoder's output heads and the posterior's own
+parameters differ.
 """
 
 from __future__ import annotations
@@ -182,11 +195,13 @@ def make_data(kind: str, n: int, d: int = 784):
     return x, (d,)
 
 
-def build(case: str):
+def build(case: str, posterior="normal"):
     kind, lik, net, z, batch, objective, k = CASES[case]
     spec = {"name": "normal", "scale": "feature"} if lik == "normal" else lik
     data_shape = (1, 28, 28) if kind == "image" else (784,)
     torch.manual_seed(0)
+    if posterior != "normal":  # its own name: each model's parameters are their own param-store entries
+        return VAE(data_shape, latent_dim=z, likelihood=spec, net=net, posterior=posterior, name=f"vae_{posterior}")
     vae = VAE(data_shape, latent_dim=z, likelihood=spec, net=net)
     ref = Reference(vae, lik, k=k if objective == "iwae" else 1)
     n_lib, n_ref = _n_params(vae), _n_params(ref)
@@ -275,6 +290,80 @@ def _reference_epoch(ref, opt, x, transform, batch) -> None:
         opt.step()
 
 
+def posterior_times(case: str, families: list[str], n_data: int, repeats: int, block: int, epochs: int):
+    """Step and epoch times of the VAE with each family, against ``normal`` and the hand-written reference.
+
+    All implementations train side by side in one process on the same data, rotated within each round.
+    Returns one row per family (``normal`` first) and one for the reference.
+    """
+    kind = CASES[case][0]
+    vae, ref, batch, objective, k = build(case)
+    models = {"normal": vae, **{f: build(case, f) for f in families if f != "normal"}}
+    x, _ = make_data(kind, n_data)
+    transform = torch.bernoulli if kind in ("binary", "image") else None
+    xs = _binarise(kind, x)
+    pyro.clear_param_store()
+    steppers = {f: Stepper(m.model, m.guide, make_optimizer("adam", 1e-3), model_objective(m, objective, k))
+                for f, m in models.items()}
+    opt = _ref_adam(ref)
+
+    def step_of(name):
+        if name == "reference":
+            def hand(data, idx):
+                opt.zero_grad(set_to_none=True)
+                ref.loss(data[idx], n_data).backward()
+                opt.step()
+            return hand
+        stepper = steppers[name]
+        return lambda data, idx: stepper(data[idx], idx, num_data=n_data)
+
+    names = [*models, "reference"]
+    fns = {name: step_of(name) for name in names}
+    steps = {name: [] for name in names}
+    g = torch.Generator().manual_seed(1)
+    with pyro.validation_enabled(False):  # as fit runs its steps
+        for r in range(repeats + 2):  # two warm-up rounds
+            idx = torch.randint(0, n_data, (batch,), generator=g)
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                for _ in range(block):
+                    t = time.perf_counter()
+                    fns[name](xs, idx)
+                    if r >= 2:
+                        steps[name].append(time.perf_counter() - t)
+        epoch = {name: [] for name in names}
+        for r in range(epochs + 1):  # a first epoch each, not counted
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t = time.perf_counter()
+                xe = transform(x) if transform else x
+                perm = torch.randperm(n_data)
+                for lo in range(0, n_data, batch):
+                    fns[name](xe, perm[lo:lo + batch])
+                if r >= 1:
+                    epoch[name].append(time.perf_counter() - t)
+    step_ms = {name: statistics.median(v) * 1e3 for name, v in steps.items()}
+    rows = []
+    for name in names:
+        m = ref if name == "reference" else models[name]
+        guide_params = (_n_params(ref.enc) if hasattr(ref, "enc") else None) if name == "reference" else \
+            _n_params(m.encoder) + _n_params(m.posterior)
+        rows.append({"case": case, "posterior": name, "guide_params": guide_params, "step_ms": step_ms[name],
+                     "step_ratio_to_normal": step_ms[name] / step_ms["normal"],
+                     "epoch_s": statistics.median(epoch[name]),
+                     "epoch_ratio_to_normal": statistics.median(a / b for a, b in zip(epoch[name], epoch["normal"]))})
+    return rows
+
+
+def posterior_markdown(rows: list[dict], meta: dict) -> str:
+    head = ("| case | posterior | guide parameters | step (ms) | step / normal | epoch (s) | epoch / normal |\n"
+            "|---|---|---|---|---|---|---|\n")
+    body = "".join(f"| {r['case']} | {r['posterior']} | {r['guide_params'] or '-'} | {r['step_ms']:.2f} | "
+                   f"{r['step_ratio_to_normal']:.2f} | {r['epoch_s']:.2f} | {r['epoch_ratio_to_normal']:.2f} |\n"
+                   for r in rows)
+    allocator = ", glibc thresholds raised (--tune-allocator)" if meta.get("tuned_allocator") else ""
+    return (f"torch {meta['torch']}, pyro {meta['pyro']}, {meta['threads']} threads, {meta['n_data']} points"
+            f"{allocator}; 'reference' is the hand-written diagonal VAE\n\n" + head + body)
+
+
 def peak_rss(case: str, n_data: int, steps: int, tuned: bool = False):
     """Peak RSS (MiB) of a short training run per implementation, each in a fresh process."""
     out = {}
@@ -335,7 +424,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    p.add_argument("--cases", default=None, help=f"comma-separated subset of {', '.join(CASES)} (default: all; "
+                   "with --posteriors: b128)")
+    p.add_argument("--posteriors", default=None, help="time these variational families (comma-separated, or "
+                   "'all') against the default 'normal' and the hand-written reference; writes train_posteriors.*")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     p.add_argument("--repeats", type=int, default=30, help="interleaved rounds of step timing")
     p.add_argument("--block", type=int, default=5, help="steps per block within a round")
@@ -357,12 +449,32 @@ def main(argv=None) -> int:
         impl, case, n, steps = args.rss_child
         _rss_child(impl, case, int(n), int(steps))
         return 0
+    if args.cases is None:
+        args.cases = "b128" if args.posteriors else ",".join(CASES)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         p.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
     n_data = 512 if args.quick else args.n_data
     repeats, block = (2, 2) if args.quick else (args.repeats, args.block)
+    meta = {"torch": torch.__version__, "pyro": pyro.__version__, "threads": args.threads, "n_data": n_data,
+            "python": platform.python_version(), "quick": args.quick, "tuned_allocator": args.tune_allocator}
+    if args.posteriors:
+        from pyro_vae.posteriors import POSTERIORS
+
+        known = POSTERIORS.names()
+        families = list(known) if args.posteriors == "all" else [f for f in args.posteriors.split(",") if f]
+        if [f for f in families if f not in known]:
+            p.error(f"--posteriors: unknown famil(ies) {[f for f in families if f not in known]}; choose from "
+                    f"{', '.join(known)} or 'all'")
+        rows = []
+        for case in cases:
+            for row in posterior_times(case, families, n_data, repeats, block, 1 if args.quick else args.epochs):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        write_report(args.out, "train_posteriors", {**meta, "families": families}, rows,
+                     posterior_markdown(rows, meta))
+        return 0
     rows = []
     for case in cases:
         row = {"case": case, **step_times(case, n_data, repeats, block)}
@@ -372,8 +484,6 @@ def main(argv=None) -> int:
             row.update(peak_rss(case, n_data, 20 if args.quick else 400, args.tune_allocator))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    meta = {"torch": torch.__version__, "pyro": pyro.__version__, "threads": args.threads, "n_data": n_data,
-            "python": platform.python_version(), "quick": args.quick, "tuned_allocator": args.tune_allocator}
     write_report(args.out, "train", meta, rows, markdown(rows, meta))
     return 0
 

@@ -1,14 +1,16 @@
-"""Compare priors and likelihoods on one data set: change one name, refit, evaluate.
+"""Compare priors, posteriors and likelihoods on one data set: change one name, refit, evaluate.
 
-Starting from a baseline (prior "normal", likelihood "bernoulli"), each row
-changes exactly one name: every prior in ``pyro_vae.PRIORS``, then every
-likelihood that fits data in [0, 1]. Each model is fitted the same way and
+Starting from a baseline (prior "normal", posterior "normal", likelihood
+"bernoulli"), each row changes exactly one name: every prior in
+``pyro_vae.PRIORS``, every variational family in ``pyro_vae.POSTERIORS``, then
+every likelihood that fits data in [0, 1]. Each model is fitted the same way and
 evaluated on the test split with the ELBO, the IWAE log-likelihood (Burda et
 al. 2016), the number of active units and the share of test points whose PSIS
 k-hat exceeds 0.7 (Yao et al. 2018: the importance estimates are unreliable
-there).
+there). ``examples/compare_posteriors.py`` looks at the families alone, with
+the gap and k-hat over the same draws.
 
-    python examples/compare_models.py                  # digits, 1-2 minutes on one CPU core
+    python examples/compare_models.py                  # digits, a few minutes on one CPU core
     python examples/compare_models.py --smoke          # seconds; run by the tests
     python examples/compare_models.py --out results/   # where the table and figure go
 
@@ -33,16 +35,18 @@ from pyro_vae import PRIORS, VAE, fit, make_optimizer
 from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics import psis_diagnostic
 from pyro_vae.evaluate import elbo_decomposition
+from pyro_vae.posteriors import POSTERIORS
 
-BASELINE = {"prior": "normal", "likelihood": "bernoulli"}
+BASELINE = {"prior": "normal", "posterior": "normal", "likelihood": "bernoulli"}
 UNIT_INTERVAL_LIKELIHOODS = ["bernoulli", "continuous-bernoulli", "normal"]
-COLUMNS = ["prior", "likelihood", "elbo", "iwae", "iwae_gap", "active_units", "khat_above_07", "kl_method"]
+COLUMNS = ["prior", "posterior", "likelihood", "elbo", "iwae", "iwae_gap", "active_units", "khat_above_07", "kl_method"]
 
 
 def variants():
     """The baseline, then one changed name per row."""
     rows = [dict(BASELINE)]
     rows += [{**BASELINE, "prior": name} for name in PRIORS.names() if name != BASELINE["prior"]]
+    rows += [{**BASELINE, "posterior": name} for name in POSTERIORS.names() if name != BASELINE["posterior"]]
     rows += [{**BASELINE, "likelihood": name} for name in UNIT_INTERVAL_LIKELIHOODS if name != BASELINE["likelihood"]]
     return rows
 
@@ -55,10 +59,10 @@ def evaluate(vae, test, k: int, num_samples: int) -> dict:
 
 
 def print_table(rows, k: int, latent_dim: int) -> None:
-    print(f"\n{'prior':<10} {'likelihood':<21} {'test ELBO':>10} {f'IWAE k={k}':>11} {'gap':>6} "
+    print(f"\n{'prior':<10} {'posterior':<12} {'likelihood':<21} {'test ELBO':>10} {f'IWAE k={k}':>11} {'gap':>6} "
           f"{f'active/{latent_dim}':>9} {'k>0.7':>6}  KL")
     for r in rows:
-        print(f"{r['prior']:<10} {r['likelihood']:<21} {r['elbo']:>10.2f} {r['iwae']:>11.2f} {r['iwae_gap']:>6.2f} "
+        print(f"{r['prior']:<10} {r['posterior']:<12} {r['likelihood']:<21} {r['elbo']:>10.2f} {r['iwae']:>11.2f} {r['iwae_gap']:>6.2f} "
               f"{r['active_units']:>9d} {r['khat_above_07']:>6.0%}  {r['kl_method']}")
     print("(nats per test point; compare log-likelihoods only between rows with the same likelihood)")
 
@@ -69,7 +73,7 @@ def save(rows, out: Path, k: int) -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    labels = [f"{r['prior']} / {r['likelihood']}" for r in rows]
+    labels = [f"{r['prior']} / {r['posterior']} / {r['likelihood']}" for r in rows]
     fig = Figure(figsize=(11, 0.45 * len(rows) + 1.5))
     ax_ll, ax_k = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1]})
     ys = range(len(rows))
@@ -105,11 +109,11 @@ def main(argv=None) -> int:
     rows = []
     for spec in variants():
         vae = VAE(data.data_shape, latent_dim=args.latent_dim, prior=spec["prior"], likelihood=spec["likelihood"],
-                  net={"name": "mlp", "hidden": [128]})
+                  posterior=spec["posterior"], net={"name": "mlp", "hidden": [128]})
         fit(vae, data.train, epochs=args.epochs, batch_size=128, optim=make_optimizer("adam", lr=3e-3), seed=0,
             progress=False)
         rows.append({**spec, **evaluate(vae, test, args.k, num_samples=min(args.k, 100))})
-        print(f"fitted {spec['prior']} / {spec['likelihood']}: IWAE {rows[-1]['iwae']:.2f}", flush=True)
+        print(f"fitted {spec['prior']} / {spec['posterior']} / {spec['likelihood']}: IWAE {rows[-1]['iwae']:.2f}", flush=True)
     print_table(rows, args.k, args.latent_dim)
     save(rows, Path(args.out), args.k)
 
@@ -117,9 +121,10 @@ def main(argv=None) -> int:
     # every figure is finite and active units are counts of latent units.
     for r in rows:
         assert all(math.isfinite(r[c]) for c in ("elbo", "iwae", "iwae_gap")), r
-        assert r["iwae"] >= r["elbo"] - 0.5, f"IWAE below the ELBO for {r['prior']} / {r['likelihood']}: {r}"
+        assert r["iwae"] >= r["elbo"] - 0.5, \
+            f"IWAE below the ELBO for {r['prior']} / {r['posterior']} / {r['likelihood']}: {r}"
         assert 0 <= r["active_units"] <= args.latent_dim and 0.0 <= r["khat_above_07"] <= 1.0, r
-    assert len(rows) == len(PRIORS.names()) + len(UNIT_INTERVAL_LIKELIHOODS) - 1
+    assert len(rows) == len(PRIORS.names()) + len(POSTERIORS.names()) + len(UNIT_INTERVAL_LIKELIHOODS) - 2
     print("self-check passed: IWAE >= ELBO - 0.5 nats for every model")
     return 0
 
