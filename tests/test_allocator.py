@@ -7,7 +7,11 @@ import sys
 import pytest
 
 CHILD = r"""
-import resource, sys, torch
+import ctypes, resource, sys
+# transparent huge pages change how many faults a buffer costs with the machine's state (fragmentation, other
+# processes: in one loaded CI run the counts came out 3,840 untuned against 12,304 tuned); 4 KiB pages only
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
+import torch
 from pyro_vae import tune_allocator
 # glibc's defaults move with the process's history (a large free raises them), so the comparison sets
 # both: the tuned thresholds, and glibc's initial 128 KiB ones held fixed
